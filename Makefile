@@ -1,0 +1,82 @@
+# beam-ml-flink. `make help` lists the targets. Everything is installed into .venv and data/;
+# caches live in the user's home (pip, cargo).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
+PYTHON ?= python3
+
+# tch builds against, and links, the libtorch inside the venv's torch.
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+export LIBTORCH_USE_PYTORCH := 1
+export PYO3_PYTHON := $(PY)
+# The embedded interpreter of `cargo test` (the binding tests) must see the venv's packages.
+export PYTHONPATH := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "$(abspath $(VENV))"}))')
+
+RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
+PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md
+	rm -rf dist
+	maturin build --release --out dist
+	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/beam_ml_flink-*.whl
+	touch $@
+
+data/.made: $(VENV)/.deps data/make_demo.py
+	$(PY) data/make_demo.py
+	touch $@
+
+.PHONY: init
+init: $(VENV)/.installed data/.made ## Create .venv, install deps, build and install the extension, make demo data
+
+.PHONY: wheel
+wheel: $(VENV)/.installed ## Build the wheel into dist/
+
+.PHONY: test
+test: test-rust test-python test-install ## Run every test: cargo test, pytest, and a fresh install of the wheel
+
+.PHONY: test-rust
+test-rust: init ## cargo test (pure Rust core and the binding layer)
+	cargo test --locked
+
+.PHONY: test-python
+test-python: init ## pytest
+	$(PY) -m pytest
+
+.PHONY: test-install
+test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and classify a photo with it
+	rm -rf build/install-venv
+	$(PYTHON) -m venv build/install-venv
+	build/install-venv/bin/pip install --quiet dist/beam_ml_flink-*.whl
+	cd build && install-venv/bin/python ../tests/smoke_install.py ../data
+
+.PHONY: lint
+lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+	$(BIN)/ruff check python tests data
+	$(BIN)/ruff format --check python tests data
+	$(PY) -m mypy.stubtest beam_ml_flink._core
+
+.PHONY: bench-core
+bench-core: init ## Preprocessing and classify speed against the PIL + torchvision recipe
+	$(PY) bench/bench_core.py
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf target dist build data/.made data/models data/images data/images.txt $(VENV)/.installed

@@ -1,0 +1,144 @@
+"""Type stubs and documentation of the native module `beam_ml_flink._core`."""
+
+from collections.abc import Iterable, Sequence
+from os import PathLike
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+DEFAULT_MAX_PIXELS: int
+"""Pillow's decompression-bomb threshold: images with more pixels are refused from the header."""
+
+_Image = bytes | bytearray | memoryview
+_Resize = int | tuple[int, int]
+_Triple = Sequence[float]
+
+class Error(Exception):
+    """Base class of beam-ml-flink's errors."""
+
+class DecodeError(Error):
+    """An image could not be decoded or preprocessed."""
+
+class ModelLoadError(Error):
+    """A model file could not be loaded as a TorchScript image classifier."""
+
+class InferenceError(Error):
+    """The model's forward pass failed."""
+
+def preprocess(
+    images: Iterable[_Image],
+    *,
+    resize: _Resize = 256,
+    crop: int = 224,
+    mean: _Triple = (0.485, 0.456, 0.406),
+    std: _Triple = (0.229, 0.224, 0.225),
+    max_pixels: int = ...,
+    draft: bool = True,
+) -> npt.NDArray[np.float32]:
+    """Decodes and preprocesses encoded images into one float32 array [N, 3, H, W].
+
+    The arithmetic is torchvision's on PIL images: ``Resize(resize)`` (antialiased bilinear),
+    ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean, std)``.
+
+    Args:
+        images: Encoded images (JPEG, PNG, WebP, GIF, BMP, TIFF) as bytes, bytearray or memoryview.
+        resize: The shorter side after resizing, followed by a center crop; or (height, width)
+            to resize to exactly, with no crop.
+        crop: Side of the square center crop; ignored when ``resize`` is a pair.
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation divided by.
+        max_pixels: Images whose header announces more pixels are refused before decoding.
+        draft: Decode JPEGs at least twice the needed size at a reduced DCT scale, as PIL's
+            ``Image.draft()`` does. Much faster on camera-size photos; False decodes at full size.
+
+    Returns:
+        A C-contiguous float32 array of shape [N, 3, H, W].
+
+    Raises:
+        DecodeError: An image could not be decoded; the message names its index.
+        ValueError: An option is out of range.
+        TypeError: ``images`` is not a sequence of bytes-like objects.
+    """
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the installed libtorch can use (0 without a GPU)."""
+
+class Classification:
+    """What became of one image passed to ``ImageClassifier.classify``."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was classified."""
+    @property
+    def top_k(self) -> list[tuple[int, str | None, float]]:
+        """(class index, label or None, probability), most probable first; empty on failure."""
+    @property
+    def error(self) -> str | None:
+        """Why the image failed, or None."""
+
+class ImageClassifier:
+    """A TorchScript image classifier with its preprocessing.
+
+    Immutable after loading: one instance may be used by many threads at once, and every call
+    releases the GIL while it decodes, preprocesses and runs the model.
+
+    Args:
+        model_path: A TorchScript file saved by ``torch.jit.save``, returning [N, classes] logits.
+        device: 'cpu', 'cuda' or 'cuda:N'.
+        resize: As in :func:`preprocess`.
+        crop: As in :func:`preprocess`.
+        mean: As in :func:`preprocess`.
+        std: As in :func:`preprocess`.
+        labels: Class names, or a path to a text file with one name per line.
+        max_pixels: As in :func:`preprocess`.
+        draft: As in :func:`preprocess`.
+
+    Raises:
+        FileNotFoundError: The model or labels file does not exist.
+        ModelLoadError: The file is not TorchScript, does not accept the preprocessed size,
+            does not return [N, classes], or has a different number of classes than labels.
+        ValueError: An option is out of range, or CUDA was asked for and is not available.
+    """
+
+    def __init__(
+        self,
+        model_path: str | PathLike[str],
+        *,
+        device: str = "cpu",
+        resize: _Resize = 256,
+        crop: int = 224,
+        mean: _Triple = (0.485, 0.456, 0.406),
+        std: _Triple = (0.229, 0.224, 0.225),
+        labels: Sequence[str] | str | PathLike[str] | None = None,
+        max_pixels: int = ...,
+        draft: bool = True,
+    ) -> None: ...
+    def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
+        """Logits [N, num_classes] of every image.
+
+        Raises:
+            DecodeError: An image could not be decoded; the message names its index.
+            InferenceError: The forward pass failed.
+        """
+    def classify(self, images: Iterable[_Image], top_k: int = 5) -> list[Classification]:
+        """Softmax top-k of every image, in input order.
+
+        A bad image, or a failed forward pass, becomes a failed Classification with the reason;
+        this method does not raise for bad input.
+        """
+    @property
+    def device(self) -> str:
+        """The device the model runs on, as 'cpu' or 'cuda:N'."""
+    @property
+    def model_path(self) -> str:
+        """The model file."""
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model returns."""
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names, or None."""
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""

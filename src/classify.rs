@@ -1,0 +1,208 @@
+//! The image classifier: a model, its preprocessing recipe and its labels; a batch of encoded
+//! images in, per image either its top-k classes or the reason it failed.
+
+use std::path::Path;
+
+use crate::batch::{preprocess_batch, Batch};
+use crate::decode::DecodeOptions;
+use crate::error::{Error, Result};
+use crate::model::{Device, Logits, Model};
+use crate::transform::PreprocessSpec;
+
+/// One class of a prediction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Class {
+    /// Index in the model's output.
+    pub index: usize,
+    /// Softmax probability.
+    pub probability: f32,
+}
+
+/// What became of one input image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The top-k classes, most probable first.
+    Classified(Vec<Class>),
+    /// Why this image has no prediction.
+    Failed(String),
+}
+
+/// A loaded model with the preprocessing and labels that belong to it.
+#[derive(Debug)]
+pub struct Classifier {
+    model: Model,
+    spec: PreprocessSpec,
+    decode: DecodeOptions,
+    labels: Option<Vec<String>>,
+    num_classes: usize,
+}
+
+impl Classifier {
+    /// Loads the model and checks it once on a blank image: that it accepts the preprocessed
+    /// size, returns `[N, classes]`, and has as many classes as `labels` has names.
+    pub fn load(
+        model_path: &Path,
+        device: Device,
+        spec: PreprocessSpec,
+        decode: DecodeOptions,
+        labels: Option<Vec<String>>,
+    ) -> Result<Self> {
+        let model = Model::load(model_path, device)?;
+        let (height, width) = spec.output_size();
+        let mut blank = vec![0.0f32; spec.image_len()];
+        let probe = model
+            .forward(&mut blank, 1, height, width)
+            .map_err(|e| Error::ModelLoad {
+                path: model_path.to_path_buf(),
+                reason: format!(
+                    "a test forward on one 3x{height}x{width} image failed ({e}); check that \
+                     resize and crop give the input size the model expects"
+                ),
+            })?;
+        let num_classes = probe.classes;
+        if let Some(names) = &labels {
+            if names.len() != num_classes {
+                return Err(Error::ModelLoad {
+                    path: model_path.to_path_buf(),
+                    reason: format!(
+                        "the model returns {num_classes} classes but the labels have {} names; \
+                         pass the labels that belong to this model",
+                        names.len()
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            model,
+            spec,
+            decode,
+            labels,
+            num_classes,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The preprocessing recipe.
+    pub fn spec(&self) -> &PreprocessSpec {
+        &self.spec
+    }
+
+    /// The decoding options.
+    pub fn decode_options(&self) -> &DecodeOptions {
+        &self.decode
+    }
+
+    /// Number of classes the model returns.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Class names, if given.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.labels.as_deref()
+    }
+
+    /// The name of class `index`, if labels were given.
+    pub fn label(&self, index: usize) -> Option<&str> {
+        self.labels
+            .as_ref()
+            .and_then(|names| names.get(index))
+            .map(String::as_str)
+    }
+
+    /// Decodes and preprocesses `images` in parallel.
+    pub fn preprocess<B: AsRef<[u8]> + Sync>(&self, images: &[B]) -> Batch {
+        preprocess_batch(images, &self.spec, &self.decode)
+    }
+
+    /// Logits of every image; the first bad image fails the call, naming its index.
+    pub fn logits<B: AsRef<[u8]> + Sync>(&self, images: &[B]) -> Result<Logits> {
+        let mut batch = self.preprocess(images).into_complete()?;
+        self.forward(&mut batch)
+    }
+
+    /// Top-k classes of every image that decodes; a bad image, or a failed forward pass, is a
+    /// [`Outcome::Failed`] for the images concerned and never fails the call.
+    pub fn classify<B: AsRef<[u8]> + Sync>(&self, images: &[B], top_k: usize) -> Vec<Outcome> {
+        let mut batch = self.preprocess(images);
+        let mut outcomes = vec![Outcome::Failed(String::new()); images.len()];
+        for (index, error) in batch.failures.drain(..) {
+            outcomes[index] = Outcome::Failed(error.to_string());
+        }
+        match self.forward(&mut batch) {
+            Ok(logits) => {
+                for (row, &index) in logits.data.chunks_exact(logits.classes).zip(&batch.ok) {
+                    outcomes[index] = Outcome::Classified(top_classes(row, top_k));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                for &index in &batch.ok {
+                    outcomes[index] = Outcome::Failed(reason.clone());
+                }
+            }
+        }
+        outcomes
+    }
+
+    fn forward(&self, batch: &mut Batch) -> Result<Logits> {
+        if batch.ok.is_empty() {
+            return Ok(Logits {
+                data: Vec::new(),
+                classes: self.num_classes,
+            });
+        }
+        self.model
+            .forward(&mut batch.data, batch.ok.len(), batch.height, batch.width)
+    }
+}
+
+/// Softmax over one row of logits, then the `k` most probable classes (ties: lower index first).
+pub fn top_classes(logits: &[f32], k: usize) -> Vec<Class> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&x| f64::from(x - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let mut classes: Vec<Class> = exps
+        .iter()
+        .enumerate()
+        .map(|(index, &e)| Class {
+            index,
+            probability: (e / sum) as f32,
+        })
+        .collect();
+    let k = k.min(classes.len());
+    let by_probability = |a: &Class, b: &Class| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.index.cmp(&b.index))
+    };
+    if k < classes.len() && k > 0 {
+        classes.select_nth_unstable_by(k - 1, by_probability);
+    }
+    classes.truncate(k);
+    classes.sort_by(by_probability);
+    classes
+}
+
+/// Reads class names, one per line (a trailing newline and `\r` line ends are fine).
+pub fn read_labels(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound {
+                what: "labels file",
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                what: "labels file",
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    Ok(text.lines().map(|l| l.trim_end().to_string()).collect())
+}

@@ -1,0 +1,332 @@
+//! The binding layer: converts Python arguments at the edge, releases the GIL once per call, and
+//! maps the crate's errors onto a small exception family. No work is done here.
+
+use std::path::PathBuf;
+
+use numpy::ndarray::{Array2, Array4};
+use numpy::{IntoPyArray, PyArray2, PyArray4};
+use pyo3::buffer::PyBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::batch::preprocess_batch;
+use crate::classify::{read_labels, Classifier, Outcome};
+use crate::decode::{DecodeOptions, DEFAULT_MAX_PIXELS};
+use crate::error::Error as CoreError;
+use crate::model::Device;
+use crate::transform::{PreprocessSpec, Resize};
+
+create_exception!(beam_ml_flink, Error, PyException, "Base class of beam-ml-flink's errors.");
+create_exception!(
+    beam_ml_flink,
+    DecodeError,
+    Error,
+    "An image could not be decoded or preprocessed."
+);
+create_exception!(
+    beam_ml_flink,
+    ModelLoadError,
+    Error,
+    "A model file could not be loaded as a TorchScript image classifier."
+);
+create_exception!(
+    beam_ml_flink,
+    InferenceError,
+    Error,
+    "The model's forward pass failed."
+);
+
+impl From<CoreError> for PyErr {
+    fn from(error: CoreError) -> PyErr {
+        let message = error.to_string();
+        match &error {
+            CoreError::NotFound { .. } => PyFileNotFoundError::new_err(message),
+            CoreError::Io { .. } => PyOSError::new_err(message),
+            CoreError::InvalidArgument(_) => PyValueError::new_err(message),
+            CoreError::ModelLoad { .. } => ModelLoadError::new_err(message),
+            CoreError::Inference { .. } => InferenceError::new_err(message),
+            e if e.is_decode() => DecodeError::new_err(message),
+            _ => Error::new_err(message),
+        }
+    }
+}
+
+/// Runs the work of one call with the GIL released, so other Python threads go on meanwhile.
+fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
+    py.detach(work)
+}
+
+/// One encoded image: `bytes` are shared with Python (immutable, no copy); a `bytearray` or a
+/// buffer could change under a released GIL, so it is copied.
+enum ImageBytes {
+    Shared(PyBackedBytes),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for ImageBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ImageBytes::Shared(b) => b.as_ref(),
+            ImageBytes::Owned(v) => v,
+        }
+    }
+}
+
+fn image_list(images: &Bound<'_, PyAny>) -> PyResult<Vec<ImageBytes>> {
+    if images.is_instance_of::<PyBytes>() || images.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "images must be a sequence of encoded images (a list of bytes), not a single \
+             bytes or str object; wrap one image in a list",
+        ));
+    }
+    let mut out = Vec::new();
+    for (index, item) in images.try_iter()?.enumerate() {
+        let item = item?;
+        if let Ok(bytes) = item.extract::<PyBackedBytes>() {
+            out.push(ImageBytes::Shared(bytes));
+        } else if let Ok(buffer) = PyBuffer::<u8>::get(&item) {
+            out.push(ImageBytes::Owned(buffer.to_vec(images.py())?));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "images[{index}] must be bytes, bytearray or memoryview of an encoded image, got {}",
+                item.get_type().name()?
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `resize=256` (shorter side, then crop) or `resize=(height, width)` (exact, no crop).
+#[derive(FromPyObject)]
+enum ResizeArg {
+    Side(u32),
+    Exact((u32, u32)),
+}
+
+/// `labels=` a path to a text file, one name per line, or the names themselves.
+#[derive(FromPyObject)]
+enum LabelsArg {
+    Path(PathBuf),
+    Names(Vec<String>),
+}
+
+fn spec(resize: ResizeArg, crop: u32, mean: [f32; 3], std: [f32; 3]) -> PyResult<PreprocessSpec> {
+    let resize = match resize {
+        ResizeArg::Side(side) => Resize::ShorterSide(side),
+        ResizeArg::Exact((height, width)) => Resize::Exact { height, width },
+    };
+    Ok(PreprocessSpec::new(resize, crop, mean, std)?)
+}
+
+fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> DecodeOptions {
+    DecodeOptions {
+        max_pixels,
+        min_size: draft.then(|| spec.min_source_size()),
+    }
+}
+
+/// Decodes and preprocesses images into one float32 array `[N, 3, H, W]`.
+#[pyfunction]
+#[pyo3(signature = (
+    images, *, resize = ResizeArg::Side(256), crop = 224, mean = [0.485, 0.456, 0.406],
+    std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = true
+))]
+#[allow(clippy::too_many_arguments)]
+fn preprocess<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    resize: ResizeArg,
+    crop: u32,
+    mean: [f32; 3],
+    std: [f32; 3],
+    max_pixels: u64,
+    draft: bool,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let images = image_list(images)?;
+    let spec = spec(resize, crop, mean, std)?;
+    let decode = decode_options(&spec, max_pixels, draft);
+    let batch = detached(py, || preprocess_batch(&images, &spec, &decode).into_complete())?;
+    let shape = (batch.ok.len(), 3, batch.height, batch.width);
+    let array = Array4::from_shape_vec(shape, batch.data)
+        .expect("a batch holds exactly N*3*H*W values");
+    Ok(array.into_pyarray(py))
+}
+
+/// The result for one image of `ImageClassifier.classify`.
+#[pyclass(frozen, module = "beam_ml_flink._core")]
+pub struct Classification {
+    /// True when the image was classified.
+    #[pyo3(get)]
+    ok: bool,
+    /// (index, label or None, probability), most probable first; empty on failure.
+    #[pyo3(get)]
+    top_k: Vec<(usize, Option<String>, f32)>,
+    /// Why the image failed, or None.
+    #[pyo3(get)]
+    error: Option<String>,
+}
+
+#[pymethods]
+impl Classification {
+    fn __repr__(&self) -> String {
+        match &self.error {
+            Some(error) => format!("Classification(ok=False, error={error:?})"),
+            None => format!("Classification(ok=True, top_k={:?})", self.top_k),
+        }
+    }
+}
+
+/// A TorchScript image classifier with its preprocessing; immutable, safe to share by threads.
+#[pyclass(frozen, module = "beam_ml_flink._core", name = "ImageClassifier")]
+pub struct ImageClassifier {
+    inner: Classifier,
+}
+
+#[pymethods]
+impl ImageClassifier {
+    #[new]
+    #[pyo3(signature = (
+        model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
+        mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
+        max_pixels = DEFAULT_MAX_PIXELS, draft = true
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model_path: PathBuf,
+        device: &str,
+        resize: ResizeArg,
+        crop: u32,
+        mean: [f32; 3],
+        std: [f32; 3],
+        labels: Option<LabelsArg>,
+        max_pixels: u64,
+        draft: bool,
+    ) -> PyResult<Self> {
+        let device: Device = device.parse()?;
+        let spec = spec(resize, crop, mean, std)?;
+        let decode = decode_options(&spec, max_pixels, draft);
+        let labels = match labels {
+            None => None,
+            Some(LabelsArg::Names(names)) => Some(names),
+            Some(LabelsArg::Path(path)) => Some(read_labels(&path)?),
+        };
+        let inner = detached(py, || {
+            Classifier::load(&model_path, device, spec, decode, labels)
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// Logits `[N, num_classes]` of every image; a bad image raises DecodeError.
+    fn logits<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let images = image_list(images)?;
+        let logits = detached(py, || self.inner.logits(&images))?;
+        let rows = logits.data.len() / logits.classes;
+        let array = Array2::from_shape_vec((rows, logits.classes), logits.data)
+            .expect("logits hold exactly N*classes values");
+        Ok(array.into_pyarray(py))
+    }
+
+    /// One Classification per image, in order; bad images are failures, never exceptions.
+    #[pyo3(signature = (images, top_k = 5))]
+    fn classify(&self, py: Python<'_>, images: &Bound<'_, PyAny>, top_k: usize) -> PyResult<Vec<Classification>> {
+        if top_k == 0 {
+            return Err(PyValueError::new_err("top_k must be at least 1, got 0"));
+        }
+        let images = image_list(images)?;
+        let outcomes = detached(py, || self.inner.classify(&images, top_k));
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Classified(classes) => Classification {
+                    ok: true,
+                    top_k: classes
+                        .iter()
+                        .map(|c| (c.index, self.inner.label(c.index).map(str::to_owned), c.probability))
+                        .collect(),
+                    error: None,
+                },
+                Outcome::Failed(reason) => Classification {
+                    ok: false,
+                    top_k: Vec::new(),
+                    error: Some(reason),
+                },
+            })
+            .collect())
+    }
+
+    /// The device the model runs on, as 'cpu' or 'cuda:N'.
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.model().device().to_string()
+    }
+
+    /// The model file.
+    #[getter]
+    fn model_path(&self) -> PathBuf {
+        self.inner.model().path().to_path_buf()
+    }
+
+    /// Number of classes the model returns.
+    #[getter]
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+
+    /// Class names, or None.
+    #[getter]
+    fn labels(&self) -> Option<Vec<String>> {
+        self.inner.labels().map(<[String]>::to_vec)
+    }
+
+    /// (height, width) of the model input.
+    #[getter]
+    fn input_size(&self) -> (usize, usize) {
+        self.inner.spec().output_size()
+    }
+
+    fn __repr__(&self) -> String {
+        let (h, w) = self.inner.spec().output_size();
+        format!(
+            "ImageClassifier(model_path={:?}, device='{}', num_classes={}, input_size=({h}, {w}))",
+            self.inner.model().path(),
+            self.inner.model().device(),
+            self.inner.num_classes()
+        )
+    }
+}
+
+/// Number of CUDA devices the installed libtorch can use (0 without a GPU or CUDA build).
+#[pyfunction]
+fn cuda_device_count() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    }
+}
+
+/// The native module `beam_ml_flink._core`.
+#[pymodule]
+#[pyo3(name = "_core")]
+pub fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_function(wrap_pyfunction!(preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    m.add_class::<ImageClassifier>()?;
+    m.add_class::<Classification>()?;
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("DecodeError", py.get_type::<DecodeError>())?;
+    m.add("ModelLoadError", py.get_type::<ModelLoadError>())?;
+    m.add("InferenceError", py.get_type::<InferenceError>())?;
+    m.add("DEFAULT_MAX_PIXELS", DEFAULT_MAX_PIXELS)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Resize, center crop and normalize one RGB8 image into its slot of an NCHW float32 buffer,
+//! with the arithmetic of torchvision's `Resize`, `CenterCrop`, `ToTensor` and `Normalize` on PIL
+//! images.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+
+/// How the decoded image is brought to the model's input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// `Resize(n)`: the shorter side becomes `n`, the aspect ratio is kept; a center crop follows.
+    ShorterSide(u32),
+    /// `Resize((height, width))`: exactly this size, no crop.
+    Exact {
+        /// Output height.
+        height: u32,
+        /// Output width.
+        width: u32,
+    },
+}
+
+/// The whole preprocessing recipe, validated once and shared by every image of every batch.
+#[derive(Clone, Debug)]
+pub struct PreprocessSpec {
+    resize: Resize,
+    crop: u32,
+    mean: [f32; 3],
+    std: [f32; 3],
+    /// `(v / 255 - mean) / std` for every byte value, per channel, computed in float32 exactly as
+    /// `ToTensor` + `Normalize` do, so normalizing is a table look-up.
+    table: Box<[[f32; 256]; 3]>,
+}
+
+impl PreprocessSpec {
+    /// Validates the recipe: positive sizes, a crop that fits the resized image, non-zero std.
+    pub fn new(resize: Resize, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
+        match resize {
+            Resize::ShorterSide(0) | Resize::Exact { height: 0, .. } | Resize::Exact { width: 0, .. } => {
+                return Err(Error::InvalidArgument(format!(
+                    "resize must be a positive size or a (height, width) pair of positive sizes, got {resize:?}"
+                )));
+            }
+            Resize::ShorterSide(side) if crop == 0 || crop > side => {
+                return Err(Error::InvalidArgument(format!(
+                    "crop must be between 1 and resize ({side}), got {crop}"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(bad) = std.iter().find(|s| !s.is_finite() || **s == 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "std values must be finite and non-zero, got {bad} in {std:?}"
+            )));
+        }
+        if let Some(bad) = mean.iter().find(|m| !m.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "mean values must be finite, got {bad} in {mean:?}"
+            )));
+        }
+        let mut table = Box::new([[0.0f32; 256]; 3]);
+        for (c, row) in table.iter_mut().enumerate() {
+            for (v, slot) in row.iter_mut().enumerate() {
+                *slot = (v as f32 / 255.0 - mean[c]) / std[c];
+            }
+        }
+        Ok(Self {
+            resize,
+            crop,
+            mean,
+            std,
+            table,
+        })
+    }
+
+    /// The resize step.
+    pub fn resize(&self) -> Resize {
+        self.resize
+    }
+
+    /// The center-crop size (ignored for [`Resize::Exact`]).
+    pub fn crop(&self) -> u32 {
+        self.crop
+    }
+
+    /// Per-channel mean.
+    pub fn mean(&self) -> [f32; 3] {
+        self.mean
+    }
+
+    /// Per-channel standard deviation.
+    pub fn std(&self) -> [f32; 3] {
+        self.std
+    }
+
+    /// (height, width) of one preprocessed image.
+    pub fn output_size(&self) -> (usize, usize) {
+        match self.resize {
+            Resize::ShorterSide(_) => (self.crop as usize, self.crop as usize),
+            Resize::Exact { height, width } => (height as usize, width as usize),
+        }
+    }
+
+    /// Floats in one preprocessed image: 3 * height * width.
+    pub fn image_len(&self) -> usize {
+        let (h, w) = self.output_size();
+        3 * h * w
+    }
+
+    /// The smallest upright (width, height) a decoder may reduce an image to without changing
+    /// which pixels the resize reads from more than PIL's `draft()` does.
+    pub fn min_source_size(&self) -> (u32, u32) {
+        match self.resize {
+            Resize::ShorterSide(side) => (side, side),
+            Resize::Exact { height, width } => (width, height),
+        }
+    }
+
+    /// Writes `image`, preprocessed, into `out` (length [`Self::image_len`]) as three planes.
+    pub fn write(&self, image: &RgbImage, out: &mut [f32], resizer: &mut Resizer) -> Result<()> {
+        debug_assert_eq!(out.len(), self.image_len());
+        let (width, height) = image.dimensions();
+        let (out_h, out_w) = self.output_size();
+        let src = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
+            .map_err(|e| resize_error(width, height, e))?;
+        let mut dst = Image::new(out_w as u32, out_h as u32, PixelType::U8x3);
+        let mut options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        if let Resize::ShorterSide(side) = self.resize {
+            // Resizing only the source box under the center crop gives the same pixels as
+            // resizing the whole image and cropping after (the filter keeps the full image's
+            // scale and borders), without computing the rows and columns the crop throws away.
+            let (rw, rh) = resized_size(width, height, side);
+            let top = center_offset(rh, self.crop);
+            let left = center_offset(rw, self.crop);
+            let sx = f64::from(width) / f64::from(rw);
+            let sy = f64::from(height) / f64::from(rh);
+            options = options.crop(
+                f64::from(left) * sx,
+                f64::from(top) * sy,
+                f64::from(self.crop) * sx,
+                f64::from(self.crop) * sy,
+            );
+        }
+        resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| resize_error(width, height, e))?;
+        let plane = out_h * out_w;
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (i, px) in dst.buffer().chunks_exact(3).enumerate() {
+            r[i] = self.table[0][px[0] as usize];
+            g[i] = self.table[1][px[1] as usize];
+            b[i] = self.table[2][px[2] as usize];
+        }
+        Ok(())
+    }
+}
+
+fn resize_error(width: u32, height: u32, e: impl std::fmt::Display) -> Error {
+    Error::Preprocess {
+        width,
+        height,
+        reason: e.to_string(),
+    }
+}
+
+/// torchvision's `Resize(side)` output (width, height): the shorter side becomes `side`, the
+/// longer one `int(side * long / short)`.
+pub fn resized_size(width: u32, height: u32, side: u32) -> (u32, u32) {
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
+    let new_long = (f64::from(side) * f64::from(long) / f64::from(short)) as u32;
+    if width <= height {
+        (side, new_long)
+    } else {
+        (new_long, side)
+    }
+}
+
+/// torchvision's `CenterCrop` offset: `int(round((size - crop) / 2))`, with Python's
+/// round-half-to-even.
+pub fn center_offset(size: u32, crop: u32) -> u32 {
+    let diff = size.saturating_sub(crop);
+    let half = diff / 2;
+    if diff % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
