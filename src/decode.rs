@@ -5,6 +5,11 @@ use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::errors::DecodeErrors as ZuneError;
+use zune_jpeg::JpegDecoder;
 
 use crate::error::{Error, Result};
 
@@ -18,8 +23,8 @@ pub struct DecodeOptions {
     /// Images whose header announces more pixels than this are refused before any allocation.
     pub max_pixels: u64,
     /// Smallest (width, height), in upright orientation, the decoded image must keep. When set, a
-    /// JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) that still covers it, as PIL's
-    /// `Image.draft()` does; `None` always decodes at full size.
+    /// JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) that still covers it, the way
+    /// PIL's `Image.draft()` works; `None` always decodes at full size.
     pub min_size: Option<(u32, u32)>,
 }
 
@@ -38,14 +43,10 @@ impl Default for DecodeOptions {
 /// `convert("RGB")` does), and the EXIF orientation is applied as `ImageOps.exif_transpose` does.
 pub fn decode_rgb8(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
     let format = sniff(bytes)?;
-    let name = format_name(format);
     if format == ImageFormat::Jpeg {
-        if let Some(min_size) = options.min_size {
-            if let Some(image) = decode_jpeg_reduced(bytes, min_size, options.max_pixels)? {
-                return Ok(image);
-            }
-        }
+        return decode_jpeg(bytes, options);
     }
+    let name = format_name(format);
     let decode_error = |e: image::ImageError| Error::Decode {
         format: name,
         reason: e.to_string(),
@@ -119,60 +120,99 @@ fn check_pixels(format: &'static str, width: u32, height: u32, limit: u64) -> Re
     Ok(())
 }
 
-/// Decodes a YCbCr or grayscale JPEG at a reduced DCT scale. Returns `None` when the image is not
-/// large enough to gain from it, or is CMYK (left to the full decoder and its colour conversion).
-fn decode_jpeg_reduced(
-    bytes: &[u8],
-    (min_width, min_height): (u32, u32),
-    max_pixels: u64,
-) -> Result<Option<RgbImage>> {
-    let decode_error = |e: jpeg_decoder::Error| Error::Decode {
+fn jpeg_error(e: impl std::fmt::Display) -> Error {
+    Error::Decode {
         format: "JPEG",
         reason: e.to_string(),
-    };
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.read_info().map_err(decode_error)?;
-    let Some(info) = decoder.info() else {
-        return Ok(None);
-    };
-    let (width, height) = (u32::from(info.width), u32::from(info.height));
-    check_pixels("JPEG", width, height, max_pixels)?;
+    }
+}
+
+/// JPEGs go to zune-jpeg directly (not through `image`), so that a truncated file is an error,
+/// as it is in PIL, instead of an image padded with grey.
+fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
+    let strict = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), strict);
+    decoder.decode_headers().map_err(jpeg_error)?;
+    let (width, height) = decoder.dimensions().ok_or_else(|| jpeg_error("no frame header"))?;
+    let (width, height) = (width as u32, height as u32);
+    check_pixels("JPEG", width, height, options.max_pixels)?;
     let orientation = decoder
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
+        .exif()
+        .and_then(|exif| Orientation::from_exif_chunk(exif))
         .unwrap_or(Orientation::NoTransforms);
+    let color = decoder.input_colorspace();
+    let reducible = matches!(color, Some(ColorSpace::YCbCr | ColorSpace::Luma));
+    let reduced = match options.min_size {
+        Some(min_size) if reducible => {
+            decode_jpeg_reduced(bytes, (width, height), orientation, min_size)?
+        }
+        _ => None,
+    };
+    let image = match reduced {
+        Some(image) => image,
+        None => {
+            let pixels = match decoder.decode() {
+                Ok(pixels) => pixels,
+                Err(ZuneError::ExhaustedData) => {
+                    return Err(jpeg_error("the data ends before the last scan"))
+                }
+                // libjpeg, and so PIL, accept files with minor marker errors; so do we, but
+                // never one that runs out of data.
+                Err(_) => {
+                    let lenient = strict.set_strict_mode(false);
+                    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), lenient);
+                    let pixels = decoder.decode().map_err(jpeg_error)?;
+                    pixels
+                }
+            };
+            RgbImage::from_raw(width, height, pixels)
+                .ok_or_else(|| jpeg_error("the decoder returned fewer pixels than the header"))?
+        }
+    };
+    let mut image = DynamicImage::ImageRgb8(image);
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+/// Decodes a YCbCr or grayscale JPEG at the smallest DCT scale (1/8, 1/4, 1/2) that keeps
+/// `min_size` (upright); `None` when the image is not at least twice that size.
+fn decode_jpeg_reduced(
+    bytes: &[u8],
+    (width, height): (u32, u32),
+    orientation: Orientation,
+    (min_width, min_height): (u32, u32),
+) -> Result<Option<RgbImage>> {
     // The minimum is given upright; a transposing orientation swaps the stored axes.
     let (need_w, need_h) = if transposes(orientation) {
         (min_height, min_width)
     } else {
         (min_width, min_height)
     };
-    let gray = match info.pixel_format {
-        jpeg_decoder::PixelFormat::L8 => true,
-        jpeg_decoder::PixelFormat::RGB24 => false,
-        _ => return Ok(None),
-    };
     if width < 2 * need_w || height < 2 * need_h {
         return Ok(None);
     }
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
     let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
     let (out_w, out_h) = decoder
         .scale(clamp(need_w), clamp(need_h))
-        .map_err(decode_error)?;
-    let pixels = decoder.decode().map_err(decode_error)?;
-    let (out_w, out_h) = (u32::from(out_w), u32::from(out_h));
+        .map_err(jpeg_error)?;
+    let gray = matches!(
+        decoder.info().map(|info| info.pixel_format),
+        Some(jpeg_decoder::PixelFormat::L8)
+    );
+    let pixels = decoder.decode().map_err(jpeg_error)?;
     let rgb = if gray {
         pixels.iter().flat_map(|&v| [v, v, v]).collect()
     } else {
         pixels
     };
-    let image = RgbImage::from_raw(out_w, out_h, rgb).ok_or_else(|| Error::Decode {
-        format: "JPEG",
-        reason: format!("the decoder returned too few pixels for {out_w}x{out_h}"),
-    })?;
-    let mut image = DynamicImage::ImageRgb8(image);
-    image.apply_orientation(orientation);
-    Ok(Some(image.into_rgb8()))
+    let image = RgbImage::from_raw(u32::from(out_w), u32::from(out_h), rgb)
+        .ok_or_else(|| jpeg_error("the decoder returned fewer pixels than the scaled header"))?;
+    Ok(Some(image))
 }
 
 fn transposes(orientation: Orientation) -> bool {

@@ -109,12 +109,13 @@ impl PreprocessSpec {
         3 * h * w
     }
 
-    /// The smallest upright (width, height) a decoder may reduce an image to without changing
-    /// which pixels the resize reads from more than PIL's `draft()` does.
+    /// The smallest upright (width, height) a decoder may reduce an image to: twice the resize
+    /// target, so that the antialiased resize still does the final downscaling and the answers
+    /// stay close to a full-size decode (PIL's `draft()` goes down to the target itself).
     pub fn min_source_size(&self) -> (u32, u32) {
         match self.resize {
-            Resize::ShorterSide(side) => (side, side),
-            Resize::Exact { height, width } => (width, height),
+            Resize::ShorterSide(side) => (2 * side, 2 * side),
+            Resize::Exact { height, width } => (2 * width, 2 * height),
         }
     }
 

@@ -49,8 +49,10 @@ def preprocess(
         mean: Per-channel mean subtracted after scaling to [0, 1].
         std: Per-channel standard deviation divided by.
         max_pixels: Images whose header announces more pixels are refused before decoding.
-        draft: Decode JPEGs at least twice the needed size at a reduced DCT scale, as PIL's
-            ``Image.draft()`` does. Much faster on camera-size photos; False decodes at full size.
+        draft: Decode a JPEG at a reduced DCT scale (1/2, 1/4 or 1/8, like PIL's ``draft()``)
+            when it still leaves at least twice the resize target, so the antialiased resize does
+            the last step. Much faster on camera-size photos, with answers close to a full
+            decode; False always decodes at full size, exactly as the PIL recipe does.
 
     Returns:
         A C-contiguous float32 array of shape [N, 3, H, W].

@@ -1,0 +1,222 @@
+"""bmf.preprocess against the PIL + torchvision recipe, on real photos in every format and mode."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import beam_ml_flink as bmf
+from conftest import IMAGES, encode, levels, reference
+
+PHOTO_NAMES = sorted(p.name for p in IMAGES.iterdir())
+
+
+def ours(data: bytes, **options) -> np.ndarray:
+    (out,) = bmf.preprocess([data], **options)
+    return out
+
+
+def level_diff(data: bytes, **options) -> np.ndarray:
+    ref = reference(data, **{k: v for k, v in options.items() if k != "draft"}).numpy()
+    got = ours(data, **options)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    return levels(got - ref)
+
+
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+@pytest.mark.parametrize("resize", [256, (224, 224)], ids=["resize256-crop224", "resize224x224"])
+def test_photos_match_the_recipe(name: str, resize, record_property) -> None:
+    data = (IMAGES / name).read_bytes()
+    diff = level_diff(data, resize=resize, draft=False)
+    record_property("max_levels", float(diff.max()))
+    record_property("mean_levels", float(diff.mean()))
+    if name.endswith(".png"):
+        # Same pixels in: only the resampler's rounding may differ, by one level at most.
+        assert diff.max() <= 1.0 + 1e-3, diff.max()
+        assert diff.mean() < 0.25, diff.mean()
+    else:
+        # JPEG decoders differ too (IDCT and chroma upsampling), by a few levels at most.
+        assert diff.max() <= 8.0, diff.max()
+        assert diff.mean() < 0.5, diff.mean()
+
+
+def test_batch_is_the_stack_of_single_images(photos: dict[str, bytes]) -> None:
+    batch = bmf.preprocess(list(photos.values()))
+    assert batch.shape == (len(photos), 3, 224, 224)
+    assert batch.flags["C_CONTIGUOUS"]
+    for i, data in enumerate(photos.values()):
+        np.testing.assert_array_equal(batch[i], ours(data))
+
+
+def test_custom_size_mean_and_std(photo: Image.Image) -> None:
+    data = encode(photo, "PNG")
+    options = dict(resize=160, crop=128, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    got = ours(data, **options)
+    ref = reference(data, **options).numpy()
+    assert got.shape == (3, 128, 128)
+    assert levels(got - ref, std=options["std"]).max() <= 1.0 + 1e-3
+
+
+def _variants(photo: Image.Image) -> dict[str, tuple[bytes, bool]]:
+    """Encoded forms of one photo; the flag says whether they hold exactly its pixels."""
+    small = photo.resize((320, 214))
+    rgba = small.copy()
+    rgba.putalpha(200)
+    palette = small.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    palette.info["transparency"] = 3
+    gray = small.convert("L")
+    return {
+        "webp-lossless": (encode(small, "WEBP", lossless=True), True),
+        "webp-lossy": (encode(small, "WEBP", quality=90), False),
+        "gif": (encode(palette, "GIF"), True),
+        "bmp": (encode(small, "BMP"), True),
+        "tiff": (encode(small, "TIFF"), True),
+        "png-rgba": (encode(rgba, "PNG"), True),
+        "png-palette-transparency": (encode(palette, "PNG"), True),
+        "png-gray": (encode(gray, "PNG"), True),
+        "png-gray-alpha": (encode(gray.convert("LA"), "PNG"), True),
+        "jpeg-gray": (encode(gray, "JPEG", quality=95), False),
+        "jpeg-progressive": (encode(small, "JPEG", quality=95, progressive=True), False),
+        "jpeg-cmyk": (encode(small.convert("CMYK"), "JPEG", quality=95), False),
+        "tiny-1x1": (encode(Image.new("RGB", (1, 1), (200, 30, 90)), "PNG"), True),
+        "thin-10000x10": (encode(Image.new("RGB", (10000, 10), (10, 250, 128)), "PNG"), True),
+    }
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "webp-lossless", "webp-lossy", "gif", "bmp", "tiff", "png-rgba",
+        "png-palette-transparency", "png-gray", "png-gray-alpha", "jpeg-gray",
+        "jpeg-progressive", "jpeg-cmyk", "tiny-1x1", "thin-10000x10",
+    ],
+)  # fmt: skip
+def test_formats_and_modes_match_the_recipe(photo: Image.Image, variant: str) -> None:
+    data, exact = _variants(photo)[variant]
+    diff = level_diff(data, draft=False)
+    if exact:
+        assert diff.max() <= 1.0 + 1e-3, diff.max()
+    else:
+        assert diff.mean() < 1.0, diff.mean()
+
+
+def _png16(rgb: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), which PIL cannot write."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_sixteen_bit_png_becomes_eight_bit(photo: Image.Image) -> None:
+    rgb8 = np.asarray(photo.resize((300, 200)))
+    wide = _png16(rgb8.astype(np.uint16) * 257)
+    # v * 257 in 16 bits is v in 8 bits, whichever way a decoder narrows it.
+    np.testing.assert_array_equal(ours(wide), ours(encode(Image.fromarray(rgb8), "PNG")))
+    assert levels(ours(wide) - reference(wide).numpy()).max() <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_is_applied(photo: Image.Image, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(photo.resize((300, 200)), "PNG", exif=exif)
+    ref = reference(data, exif_transpose=True).numpy()
+    assert levels(ours(data) - ref).max() <= 1.0 + 1e-3
+
+
+def test_exif_orientation_in_jpeg(photo: Image.Image) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo, "JPEG", quality=95, exif=exif)
+    for draft in (False, True):
+        ref = reference(data, exif_transpose=True).numpy()
+        assert levels(ours(data, draft=draft) - ref).mean() < 1.0
+
+
+def test_draft_decoding_of_camera_size_jpeg(photo: Image.Image, record_property) -> None:
+    data = encode(photo.resize((4032, 3024), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    full = level_diff(data, draft=False)
+    reduced = level_diff(data, draft=True)
+    record_property("full_mean_levels", float(full.mean()))
+    record_property("draft_mean_levels", float(reduced.mean()))
+    assert full.mean() < 0.5
+    # A quarter-scale decode (1008x756) before the same antialiased resize stays close.
+    assert reduced.mean() < 2.0 and reduced.max() < 40
+
+
+def test_bytes_like_inputs_agree(photos: dict[str, bytes]) -> None:
+    data = photos["chelsea.png"]
+    expected = ours(data)
+    for form in (bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(ours(form), expected)
+
+
+BAD_INPUTS = {
+    "empty": (b"", "empty"),
+    "random": (os.urandom(4096), "unsupported or unrecognised image format"),
+    "text": (b"this is not an image\n", "first bytes: 74 68 69 73"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_names_its_index(photos: dict[str, bytes], case: str) -> None:
+    data, words = BAD_INPUTS[case]
+    with pytest.raises(bmf.DecodeError, match=rf"^image 1: .*{words}"):
+        bmf.preprocess([photos["chelsea.png"], data])
+
+
+@pytest.mark.parametrize("name", ["china.jpg", "coffee.png"])
+def test_truncated_images_are_decode_errors(photos: dict[str, bytes], name: str) -> None:
+    data = photos[name]
+    with pytest.raises(bmf.DecodeError, match="truncated or corrupt"):
+        bmf.preprocess([data[: len(data) // 3]])
+
+
+def test_header_claiming_huge_size_is_refused_before_decoding() -> None:
+    # A well-formed PNG announcing 100000x100000 pixels, with a few bytes of image data.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 3001))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(bmf.DecodeError, match=r"100000x100000 .*above the limit of 178956970"):
+        bmf.preprocess([data])
+    with pytest.raises(bmf.DecodeError, match="above the limit of 1000"):
+        bmf.preprocess([encode(Image.new("RGB", (50, 50)), "PNG")], max_pixels=1000)
+
+
+def test_invalid_options_are_value_errors(photos: dict[str, bytes]) -> None:
+    data = [photos["chelsea.png"]]
+    with pytest.raises(ValueError, match=r"crop must be between 1 and resize \(200\), got 224"):
+        bmf.preprocess(data, resize=200)
+    with pytest.raises(ValueError, match="std values must be finite and non-zero"):
+        bmf.preprocess(data, std=(0.2, 0.0, 0.2))
+    with pytest.raises(TypeError, match="not a single bytes"):
+        bmf.preprocess(photos["chelsea.png"])
+    with pytest.raises(TypeError, match=r"images\[0\] must be bytes"):
+        bmf.preprocess(["a string"])
