@@ -5,11 +5,6 @@ use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
-use zune_core::bytestream::ZCursor;
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::errors::DecodeErrors as ZuneError;
-use zune_jpeg::JpegDecoder;
 
 use crate::error::{Error, Result};
 
@@ -23,8 +18,8 @@ pub struct DecodeOptions {
     /// Images whose header announces more pixels than this are refused before any allocation.
     pub max_pixels: u64,
     /// Smallest (width, height), in upright orientation, the decoded image must keep. When set, a
-    /// JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) that still covers it, the way
-    /// PIL's `Image.draft()` works; `None` always decodes at full size.
+    /// JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) that still covers it, as PIL's
+    /// `Image.draft()` does; `None` always decodes at full size.
     pub min_size: Option<(u32, u32)>,
 }
 
@@ -127,92 +122,139 @@ fn jpeg_error(e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// JPEGs go to zune-jpeg directly (not through `image`), so that a truncated file is an error,
-/// as it is in PIL, instead of an image padded with grey.
+/// JPEGs are decoded by libjpeg-turbo (through TurboJPEG), the decoder PIL and torchvision use,
+/// so the pixels are the recipe's own; its DCT scaling is what PIL's `draft()` uses.
 fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
-    let strict = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(usize::MAX)
-        .set_max_height(usize::MAX)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), strict);
-    decoder.decode_headers().map_err(jpeg_error)?;
-    let (width, height) = decoder.dimensions().ok_or_else(|| jpeg_error("no frame header"))?;
-    let (width, height) = (width as u32, height as u32);
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(jpeg_error)?;
+    let header = decompressor.read_header(bytes).map_err(jpeg_error)?;
+    let (width, height) = (header.width as u32, header.height as u32);
     check_pixels("JPEG", width, height, options.max_pixels)?;
-    let orientation = decoder
-        .exif()
-        .and_then(|exif| Orientation::from_exif_chunk(exif))
+    let markers = JpegMarkers::read(bytes);
+    let orientation = markers
+        .exif
+        .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
-    let color = decoder.input_colorspace();
-    let reducible = matches!(color, Some(ColorSpace::YCbCr | ColorSpace::Luma));
-    let reduced = match options.min_size {
-        Some(min_size) if reducible => {
-            decode_jpeg_reduced(bytes, (width, height), orientation, min_size)?
-        }
-        _ => None,
+    if let (Some(min_size), false) = (options.min_size, header.is_lossless) {
+        let factor = draft_factor((header.width, header.height), orientation, min_size);
+        decompressor
+            .set_scaling_factor(factor)
+            .map_err(jpeg_error)?;
+    }
+    let scaled = header.scaled(decompressor.scaling_factor());
+    let cmyk = matches!(
+        header.colorspace,
+        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+    );
+    let format = if cmyk {
+        turbojpeg::PixelFormat::CMYK
+    } else {
+        turbojpeg::PixelFormat::RGB
     };
-    let image = match reduced {
-        Some(image) => image,
-        None => {
-            let pixels = match decoder.decode() {
-                Ok(pixels) => pixels,
-                Err(ZuneError::ExhaustedData) => {
-                    return Err(jpeg_error("the data ends before the last scan"))
-                }
-                // libjpeg, and so PIL, accept files with minor marker errors; so do we, but
-                // never one that runs out of data.
-                Err(_) => {
-                    let lenient = strict.set_strict_mode(false);
-                    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), lenient);
-                    let pixels = decoder.decode().map_err(jpeg_error)?;
-                    pixels
-                }
-            };
-            RgbImage::from_raw(width, height, pixels)
-                .ok_or_else(|| jpeg_error("the decoder returned fewer pixels than the header"))?
-        }
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; scaled.width * scaled.height * format.size()],
+        width: scaled.width,
+        pitch: scaled.width * format.size(),
+        height: scaled.height,
+        format,
     };
-    let mut image = DynamicImage::ImageRgb8(image);
-    image.apply_orientation(orientation);
-    Ok(image.into_rgb8())
+    match decompressor.decompress(bytes, image.as_deref_mut()) {
+        Ok(()) => {}
+        // libjpeg's warnings about stray bytes leave a complete image, and PIL accepts it.
+        Err(turbojpeg::Error::TurboJpegError(message))
+            if message.starts_with("Corrupt JPEG data") && !message.contains("premature end") => {}
+        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("Premature end") => {
+            return Err(jpeg_error("the data ends before the image is complete"));
+        }
+        Err(e) => return Err(jpeg_error(e)),
+    }
+    let pixels = if cmyk {
+        cmyk_to_rgb(&image.pixels, markers.adobe)
+    } else {
+        image.pixels
+    };
+    let rgb = RgbImage::from_raw(scaled.width as u32, scaled.height as u32, pixels)
+        .ok_or_else(|| jpeg_error("the decoder returned fewer pixels than the header"))?;
+    let mut rgb = DynamicImage::ImageRgb8(rgb);
+    rgb.apply_orientation(orientation);
+    Ok(rgb.into_rgb8())
 }
 
-/// Decodes a YCbCr or grayscale JPEG at the smallest DCT scale (1/8, 1/4, 1/2) that keeps
-/// `min_size` (upright); `None` when the image is not at least twice that size.
-fn decode_jpeg_reduced(
-    bytes: &[u8],
-    (width, height): (u32, u32),
+/// The smallest of PIL's draft scales (1/8, 1/4, 1/2) that keeps `min_size` (upright), or 1.
+fn draft_factor(
+    (width, height): (usize, usize),
     orientation: Orientation,
     (min_width, min_height): (u32, u32),
-) -> Result<Option<RgbImage>> {
+) -> turbojpeg::ScalingFactor {
     // The minimum is given upright; a transposing orientation swaps the stored axes.
     let (need_w, need_h) = if transposes(orientation) {
-        (min_height, min_width)
+        (min_height as usize, min_width as usize)
     } else {
-        (min_width, min_height)
+        (min_width as usize, min_height as usize)
     };
-    if width < 2 * need_w || height < 2 * need_h {
-        return Ok(None);
+    [8, 4, 2]
+        .into_iter()
+        .map(|denom| turbojpeg::ScalingFactor::new(1, denom))
+        .find(|f| f.scale(width) >= need_w && f.scale(height) >= need_h)
+        .unwrap_or(turbojpeg::ScalingFactor::ONE)
+}
+
+/// PIL's CMYK to RGB (`ImagingConvert` "CMYK" -> "RGB"), after undoing the inversion that
+/// Adobe-marked files store (PIL's "CMYK;I" raw mode).
+fn cmyk_to_rgb(cmyk: &[u8], adobe_inverted: bool) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let [c, m, y, k] = if adobe_inverted {
+            [255 - px[0], 255 - px[1], 255 - px[2], 255 - px[3]]
+        } else {
+            [px[0], px[1], px[2], px[3]]
+        };
+        let nk = 255 - u32::from(k);
+        for v in [c, m, y] {
+            rgb.push((nk - muldiv255(u32::from(v), nk)) as u8);
+        }
     }
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-    let (out_w, out_h) = decoder
-        .scale(clamp(need_w), clamp(need_h))
-        .map_err(jpeg_error)?;
-    let gray = matches!(
-        decoder.info().map(|info| info.pixel_format),
-        Some(jpeg_decoder::PixelFormat::L8)
-    );
-    let pixels = decoder.decode().map_err(jpeg_error)?;
-    let rgb = if gray {
-        pixels.iter().flat_map(|&v| [v, v, v]).collect()
-    } else {
-        pixels
-    };
-    let image = RgbImage::from_raw(u32::from(out_w), u32::from(out_h), rgb)
-        .ok_or_else(|| jpeg_error("the decoder returned fewer pixels than the scaled header"))?;
-    Ok(Some(image))
+    rgb
+}
+
+/// What the decoder needs from the marker segments before the first scan.
+#[derive(Default)]
+struct JpegMarkers<'a> {
+    /// The TIFF body of the first APP1 "Exif" segment.
+    exif: Option<&'a [u8]>,
+    /// An APP14 "Adobe" segment is present (CMYK stored inverted).
+    adobe: bool,
+}
+
+impl<'a> JpegMarkers<'a> {
+    fn read(bytes: &'a [u8]) -> Self {
+        let mut markers = Self::default();
+        let mut at = 2; // after SOI
+        while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+            let marker = bytes[at + 1];
+            match marker {
+                0xFF => at += 1,               // fill byte
+                0xDA | 0xD9 => break,          // start of scan, end of image
+                0x01 | 0xD0..=0xD7 => at += 2, // markers without a length
+                _ => {
+                    let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+                    let Some(body) = bytes.get(at + 4..at + 2 + length.max(2)) else {
+                        break;
+                    };
+                    if marker == 0xE1 && markers.exif.is_none() {
+                        markers.exif = body.strip_prefix(b"Exif\0\0");
+                    } else if marker == 0xEE && body.starts_with(b"Adobe") {
+                        markers.adobe = true;
+                    }
+                    at += 2 + length.max(2);
+                }
+            }
+        }
+        markers
+    }
 }
 
 fn transposes(orientation: Orientation) -> bool {

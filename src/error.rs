@@ -38,7 +38,9 @@ pub enum Error {
     },
 
     /// The decoder failed: a truncated or corrupt file.
-    #[error("cannot decode the {format} image: {reason}; the file is probably truncated or corrupt")]
+    #[error(
+        "cannot decode the {format} image: {reason}; the file is probably truncated or corrupt"
+    )]
     Decode {
         /// The format the bytes claim to be.
         format: &'static str,

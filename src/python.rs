@@ -19,7 +19,12 @@ use crate::error::Error as CoreError;
 use crate::model::Device;
 use crate::transform::{PreprocessSpec, Resize};
 
-create_exception!(beam_ml_flink, Error, PyException, "Base class of beam-ml-flink's errors.");
+create_exception!(
+    beam_ml_flink,
+    Error,
+    PyException,
+    "Base class of beam-ml-flink's errors."
+);
 create_exception!(
     beam_ml_flink,
     DecodeError,
@@ -148,10 +153,12 @@ fn preprocess<'py>(
     let images = image_list(images)?;
     let spec = spec(resize, crop, mean, std)?;
     let decode = decode_options(&spec, max_pixels, draft);
-    let batch = detached(py, || preprocess_batch(&images, &spec, &decode).into_complete())?;
+    let batch = detached(py, || {
+        preprocess_batch(&images, &spec, &decode).into_complete()
+    })?;
     let shape = (batch.ok.len(), 3, batch.height, batch.width);
-    let array = Array4::from_shape_vec(shape, batch.data)
-        .expect("a batch holds exactly N*3*H*W values");
+    let array =
+        Array4::from_shape_vec(shape, batch.data).expect("a batch holds exactly N*3*H*W values");
     Ok(array.into_pyarray(py))
 }
 
@@ -236,7 +243,12 @@ impl ImageClassifier {
 
     /// One Classification per image, in order; bad images are failures, never exceptions.
     #[pyo3(signature = (images, top_k = 5))]
-    fn classify(&self, py: Python<'_>, images: &Bound<'_, PyAny>, top_k: usize) -> PyResult<Vec<Classification>> {
+    fn classify(
+        &self,
+        py: Python<'_>,
+        images: &Bound<'_, PyAny>,
+        top_k: usize,
+    ) -> PyResult<Vec<Classification>> {
         if top_k == 0 {
             return Err(PyValueError::new_err("top_k must be at least 1, got 0"));
         }
@@ -249,7 +261,13 @@ impl ImageClassifier {
                     ok: true,
                     top_k: classes
                         .iter()
-                        .map(|c| (c.index, self.inner.label(c.index).map(str::to_owned), c.probability))
+                        .map(|c| {
+                            (
+                                c.index,
+                                self.inner.label(c.index).map(str::to_owned),
+                                c.probability,
+                            )
+                        })
                         .collect(),
                     error: None,
                 },

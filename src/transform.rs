@@ -38,7 +38,9 @@ impl PreprocessSpec {
     /// Validates the recipe: positive sizes, a crop that fits the resized image, non-zero std.
     pub fn new(resize: Resize, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
         match resize {
-            Resize::ShorterSide(0) | Resize::Exact { height: 0, .. } | Resize::Exact { width: 0, .. } => {
+            Resize::ShorterSide(0)
+            | Resize::Exact { height: 0, .. }
+            | Resize::Exact { width: 0, .. } => {
                 return Err(Error::InvalidArgument(format!(
                     "resize must be a positive size or a (height, width) pair of positive sizes, got {resize:?}"
                 )));

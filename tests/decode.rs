@@ -74,13 +74,19 @@ fn jpeg_decodes_close_to_the_source() {
 
 #[test]
 fn reduced_jpeg_decode_keeps_at_least_the_minimum_size() {
-    let bytes = encode(&DynamicImage::ImageRgb8(gradient(1600, 1200)), ImageFormat::Jpeg);
+    let bytes = encode(
+        &DynamicImage::ImageRgb8(gradient(1600, 1200)),
+        ImageFormat::Jpeg,
+    );
     let options = DecodeOptions {
         min_size: Some((256, 256)),
         ..DecodeOptions::default()
     };
-    // 1200 / 4 = 300 >= 256 and 1200 / 8 = 150 < 256: a quarter scale.
-    assert_eq!(decode_rgb8(&bytes, &options).unwrap().dimensions(), (400, 300));
+    // 1200 / 4 = 300 >= 256 and 1200 / 8 = 150 < 256: a quarter scale, as PIL's draft() picks.
+    assert_eq!(
+        decode_rgb8(&bytes, &options).unwrap().dimensions(),
+        (400, 300)
+    );
     let full = decode_rgb8(&bytes, &DecodeOptions::default()).unwrap();
     assert_eq!(full.dimensions(), (1600, 1200));
 }
@@ -92,7 +98,10 @@ fn bad_bytes_are_clear_errors() {
     let err = decode_rgb8(b"hello, this is text", &options).unwrap_err();
     assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
     assert!(err.to_string().contains("68 65 6c 6c 6f"), "{err}");
-    let bytes = encode(&DynamicImage::ImageRgb8(gradient(200, 100)), ImageFormat::Png);
+    let bytes = encode(
+        &DynamicImage::ImageRgb8(gradient(200, 100)),
+        ImageFormat::Png,
+    );
     let err = decode_rgb8(&bytes[..bytes.len() / 2], &options).unwrap_err();
     assert!(matches!(err, Error::Decode { format: "PNG", .. }), "{err}");
     assert!(err.to_string().contains("truncated or corrupt"), "{err}");
@@ -100,12 +109,26 @@ fn bad_bytes_are_clear_errors() {
 
 #[test]
 fn header_over_the_pixel_limit_is_refused() {
-    let bytes = encode(&DynamicImage::ImageRgb8(gradient(300, 200)), ImageFormat::Png);
+    let bytes = encode(
+        &DynamicImage::ImageRgb8(gradient(300, 200)),
+        ImageFormat::Png,
+    );
     let options = DecodeOptions {
         max_pixels: 50_000,
         ..DecodeOptions::default()
     };
     let err = decode_rgb8(&bytes, &options).unwrap_err();
-    assert!(matches!(err, Error::TooLarge { width: 300, height: 200, pixels: 60_000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                width: 300,
+                height: 200,
+                pixels: 60_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(sniff(&bytes).unwrap(), ImageFormat::Png);
 }

@@ -1,0 +1,170 @@
+//! The model and the batch, with the tiny TorchScript model that `make init` traces: our forward
+//! against tch's own, failures packed out of the batch, and load errors.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use _core::batch::preprocess_batch;
+use _core::classify::{Classifier, Outcome};
+use _core::decode::DecodeOptions;
+use _core::model::{Device, Model};
+use _core::transform::{PreprocessSpec, Resize};
+use _core::Error;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+fn tiny_model() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/tiny.pt");
+    assert!(
+        path.exists(),
+        "{} is missing; run `make init`",
+        path.display()
+    );
+    path
+}
+
+fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let image = RgbImage::from_fn(width, height, |x, y| {
+        Rgb([
+            ((x * seed) % 256) as u8,
+            ((y * 3 + seed) % 256) as u8,
+            ((x ^ y) % 256) as u8,
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut out, ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+fn spec() -> PreprocessSpec {
+    PreprocessSpec::new(
+        Resize::ShorterSide(64),
+        56,
+        [0.485, 0.456, 0.406],
+        [0.229, 0.224, 0.225],
+    )
+    .unwrap()
+}
+
+#[test]
+fn forward_matches_tch_on_a_copied_tensor() {
+    let images = [png(90, 70, 3), png(64, 120, 7), png(200, 64, 11)];
+    let mut batch = preprocess_batch(&images, &spec(), &DecodeOptions::default());
+    assert_eq!(batch.ok, vec![0, 1, 2]);
+    let input = tch::Tensor::from_slice(&batch.data).view([3, 3, 56, 56]);
+    let module = tch::CModule::load(tiny_model()).unwrap();
+    let expected = tch::no_grad(|| module.forward_ts(&[input]).unwrap());
+    let expected = Vec::<f32>::try_from(expected.reshape([-1])).unwrap();
+
+    let model = Model::load(&tiny_model(), Device::Cpu).unwrap();
+    let logits = model.forward(&mut batch.data, 3, 56, 56).unwrap();
+    assert_eq!(logits.classes, 10);
+    assert_eq!(logits.data.len(), 30);
+    for (a, b) in logits.data.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn failures_are_packed_out_in_input_order() {
+    let good = [png(80, 60, 5), png(60, 80, 9)];
+    let images: Vec<&[u8]> = vec![b"", &good[0], b"garbage", &good[1]];
+    let spec = spec();
+    let batch = preprocess_batch(&images, &spec, &DecodeOptions::default());
+    assert_eq!(batch.ok, vec![1, 3]);
+    assert_eq!(batch.failures.len(), 2);
+    assert_eq!(batch.failures[0].0, 0);
+    assert!(matches!(batch.failures[0].1, Error::EmptyImage));
+    assert_eq!(batch.failures[1].0, 2);
+    let alone = preprocess_batch(&good, &spec, &DecodeOptions::default());
+    assert_eq!(batch.data, alone.data);
+
+    let err = preprocess_batch(&images, &spec, &DecodeOptions::default())
+        .into_complete()
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("image 0: the image is empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn classify_keeps_one_outcome_per_input() {
+    let classifier = Classifier::load(
+        &tiny_model(),
+        Device::Cpu,
+        spec(),
+        DecodeOptions::default(),
+        Some((0..10).map(|i| format!("class {i}")).collect()),
+    )
+    .unwrap();
+    assert_eq!(classifier.num_classes(), 10);
+    let good = png(100, 100, 13);
+    let images: Vec<&[u8]> = vec![&good, b"\xff\xd8\xff", &good];
+    let outcomes = classifier.classify(&images, 3);
+    assert_eq!(outcomes.len(), 3);
+    let Outcome::Classified(first) = &outcomes[0] else {
+        panic!("{:?}", outcomes[0])
+    };
+    assert_eq!(first.len(), 3);
+    assert_eq!(outcomes[0], outcomes[2]);
+    assert!(matches!(&outcomes[1], Outcome::Failed(reason) if reason.contains("JPEG")));
+    assert_eq!(
+        classifier.label(first[0].index),
+        Some(format!("class {}", first[0].index).as_str())
+    );
+}
+
+#[test]
+fn load_errors_say_what_to_do() {
+    let missing = Model::load(Path::new("/nonexistent/model.pt"), Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            Error::NotFound {
+                what: "model file",
+                ..
+            }
+        ),
+        "{missing}"
+    );
+    let not_torchscript = Model::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("Cargo.toml")
+            .as_path(),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(matches!(not_torchscript, Error::ModelLoad { .. }));
+    assert!(
+        not_torchscript.to_string().contains("torch.jit.save"),
+        "{not_torchscript}"
+    );
+    let labels = Classifier::load(
+        &tiny_model(),
+        Device::Cpu,
+        spec(),
+        DecodeOptions::default(),
+        Some(vec!["only one".into()]),
+    )
+    .unwrap_err();
+    assert!(
+        labels
+            .to_string()
+            .contains("returns 10 classes but the labels have 1 names"),
+        "{labels}"
+    );
+}
+
+#[test]
+fn device_names_parse_once_with_one_message() {
+    assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+    assert_eq!("CUDA".parse::<Device>().unwrap(), Device::Cuda(0));
+    assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
+    let err = "tpu".parse::<Device>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"
+    );
+}

@@ -1,0 +1,186 @@
+"""ImageClassifier against torch itself: the same model run by torch.jit on the PIL recipe."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import beam_ml_flink as bmf
+from conftest import (
+    DEMO_MEAN,
+    DEMO_MODEL,
+    DEMO_STD,
+    IMAGENET_LABELS,
+    IMAGES,
+    TINY_MODEL,
+    encode,
+    reference,
+)
+
+
+@pytest.fixture(scope="module")
+def demo() -> bmf.ImageClassifier:
+    return bmf.ImageClassifier(
+        DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, labels=IMAGENET_LABELS, draft=False
+    )
+
+
+@pytest.fixture(scope="module")
+def torch_logits(photos: dict[str, bytes]) -> np.ndarray:
+    model = torch.jit.load(str(DEMO_MODEL)).eval()
+    batch = torch.stack([reference(d, mean=DEMO_MEAN, std=DEMO_STD) for d in photos.values()])
+    with torch.no_grad():
+        return model(batch).numpy()
+
+
+def test_logits_match_torch_on_real_photos(
+    demo: bmf.ImageClassifier, photos: dict[str, bytes], torch_logits: np.ndarray, record_property
+) -> None:
+    ours = demo.logits(list(photos.values()))
+    assert ours.shape == (len(photos), 1000) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours.argmax(1), torch_logits.argmax(1))
+    worst = np.abs(ours - torch_logits).max(1)
+    record_property("max_logit_diff", float(worst.max()))
+    record_property("median_logit_diff", float(np.median(worst)))
+    # Inputs differ by at most a level or two of rounding (test_preprocess), which moves
+    # EfficientNet-Lite0's logits by about a tenth.
+    assert worst.max() < 0.25, dict(zip(photos, worst.round(3)))
+
+
+def test_classify_gives_torch_softmax_top_k(
+    demo: bmf.ImageClassifier, photos: dict[str, bytes], torch_logits: np.ndarray
+) -> None:
+    results = demo.classify(list(photos.values()), top_k=5)
+    labels = IMAGENET_LABELS.read_text().splitlines()
+    probabilities = torch.softmax(torch.from_numpy(torch_logits), 1).numpy()
+    for result, expected in zip(results, probabilities):
+        assert result.ok and result.error is None
+        assert len(result.top_k) == 5
+        index, label, probability = result.top_k[0]
+        assert index == expected.argmax() and label == labels[index]
+        assert abs(probability - expected[index]) < 0.02
+        scores = [p for _, _, p in result.top_k]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_known_photos_get_their_class(demo: bmf.ImageClassifier, photos: dict[str, bytes]) -> None:
+    names = ["coffee.png", "chelsea.png", "motorcycle_left.png"]
+    tops = [r.top_k[0][1] for r in demo.classify([photos[n] for n in names], top_k=1)]
+    assert tops[0] == "espresso"
+    assert tops[1] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert tops[2] in {"moped", "motor scooter"}
+
+
+def test_bad_images_fail_in_place_and_others_are_unchanged(
+    demo: bmf.ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    good = [photos["coffee.png"], photos["china.jpg"]]
+    mixed = [b"", good[0], b"not an image", good[1], photos["china.jpg"][:5000]]
+    results = demo.classify(mixed, top_k=3)
+    assert [r.ok for r in results] == [False, True, False, True, False]
+    assert "empty" in results[0].error
+    assert "unsupported or unrecognised image format" in results[2].error
+    assert "truncated or corrupt" in results[4].error
+    alone = demo.classify(good, top_k=3)
+    for got, expected in zip([results[1], results[3]], alone):
+        assert [c[0] for c in got.top_k] == [c[0] for c in expected.top_k]
+        np.testing.assert_allclose(
+            [c[2] for c in got.top_k], [c[2] for c in expected.top_k], rtol=1e-4
+        )
+
+
+def test_all_bad_batch_and_empty_batch(demo: bmf.ImageClassifier) -> None:
+    assert [r.ok for r in demo.classify([b"", b"x"])] == [False, False]
+    assert demo.classify([]) == []
+    assert demo.logits([]).shape == (0, 1000)
+
+
+def test_logits_raise_decode_error_naming_the_index(
+    demo: bmf.ImageClassifier, photos: dict[str, bytes]
+) -> None:
+    with pytest.raises(bmf.DecodeError, match=r"^image 2: the image is empty"):
+        demo.logits([photos["coffee.png"], photos["china.jpg"], b""])
+
+
+def test_tiny_model_with_exact_resize_matches_torch(photos: dict[str, bytes]) -> None:
+    classifier = bmf.ImageClassifier(TINY_MODEL, resize=(160, 200))
+    assert classifier.input_size == (160, 200) and classifier.num_classes == 10
+    data = [photos["astronaut.png"], photos["coffee.png"]]
+    model = torch.jit.load(str(TINY_MODEL)).eval()
+    with torch.no_grad():
+        expected = model(torch.stack([reference(d, resize=(160, 200)) for d in data])).numpy()
+    np.testing.assert_allclose(classifier.logits(data), expected, atol=2e-3)
+
+
+def test_labels_from_a_list_or_a_file(tmp_path) -> None:
+    names = [f"class {i}" for i in range(10)]
+    from_list = bmf.ImageClassifier(TINY_MODEL, labels=names)
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(names) + "\n")
+    from_file = bmf.ImageClassifier(TINY_MODEL, labels=path)
+    assert from_list.labels == from_file.labels == names
+    image = encode(Image.new("RGB", (64, 64), (90, 160, 30)), "PNG")
+    (result,) = from_file.classify([image], top_k=10)
+    assert sorted(label for _, label, _ in result.top_k) == sorted(names)
+    assert abs(sum(p for _, _, p in result.top_k) - 1.0) < 1e-5
+    (unlabelled,) = bmf.ImageClassifier(TINY_MODEL).classify([image], top_k=2)
+    assert [label for _, label, _ in unlabelled.top_k] == [None, None]
+
+
+def test_model_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="model file not found: .*missing.pt"):
+        bmf.ImageClassifier(tmp_path / "missing.pt")
+    not_a_model = tmp_path / "model.pt"
+    not_a_model.write_bytes(b"this is not TorchScript")
+    with pytest.raises(bmf.ModelLoadError, match="cannot read it as TorchScript.*torch.jit.save"):
+        bmf.ImageClassifier(not_a_model)
+    with pytest.raises(bmf.ModelLoadError, match="is a directory"):
+        bmf.ImageClassifier(tmp_path)
+    with pytest.raises(bmf.ModelLoadError, match="returns 10 classes but the labels have 3 names"):
+        bmf.ImageClassifier(TINY_MODEL, labels=["a", "b", "c"])
+    with pytest.raises(FileNotFoundError, match="labels file not found"):
+        bmf.ImageClassifier(TINY_MODEL, labels=tmp_path / "nope.txt")
+
+
+def test_model_that_is_not_a_classifier_fails_at_load(tmp_path) -> None:
+    flat = tmp_path / "flat.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Flatten(0), torch.zeros(1, 3, 8, 8)), str(flat))
+    with pytest.raises(bmf.ModelLoadError, match=r"shape \[150528\].*\[1, classes\]"):
+        bmf.ImageClassifier(flat)
+    fixed = tmp_path / "fixed.pt"
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
+    torch.jit.save(torch.jit.trace(linear, torch.zeros(1, 3, 32, 32)), str(fixed))
+    with pytest.raises(bmf.ModelLoadError, match="test forward on one 3x224x224 image failed"):
+        bmf.ImageClassifier(fixed)
+    assert bmf.ImageClassifier(fixed, resize=(32, 32)).num_classes == 4
+
+
+def test_device_option(photos: dict[str, bytes]) -> None:
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        bmf.ImageClassifier(TINY_MODEL, device="tpu")
+    if bmf.cuda_device_count() == 0:
+        with pytest.raises(ValueError, match="0 CUDA device"):
+            bmf.ImageClassifier(TINY_MODEL, device="cuda")
+    classifier = bmf.ImageClassifier(TINY_MODEL, device="CPU")
+    assert classifier.device == "cpu"
+    assert "ImageClassifier(" in repr(classifier) and "num_classes=10" in repr(classifier)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bmf.cuda_device_count() == 0, reason="needs a CUDA device")
+def test_cuda_matches_cpu(photos: dict[str, bytes]) -> None:
+    data = list(photos.values())
+    cpu = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+    gpu = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, device="cuda")
+    assert gpu.device == "cuda:0"
+    np.testing.assert_allclose(gpu.logits(data), cpu.logits(data), atol=1e-2)
+
+
+def test_photo_files_are_the_committed_recipe(photos: dict[str, bytes]) -> None:
+    # The sample set holds JPEG and PNG photos and at least one grayscale image.
+    modes = {Image.open(io.BytesIO(d)).mode for d in photos.values()}
+    assert {"RGB", "L"} <= modes and len(photos) == len(list(IMAGES.iterdir()))
