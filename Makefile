@@ -16,7 +16,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export LIBTORCH_USE_PYTORCH := 1
 export PYO3_PYTHON := $(PY)
 # The embedded interpreter of `cargo test` (the binding tests) must see the venv's packages.
-export PYTHONPATH := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "$(abspath $(VENV))"}))')
+SITE_PACKAGES = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
@@ -25,13 +25,21 @@ PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -nam
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# libjpeg-turbo is built from source by the turbojpeg crate: cmake, and nasm for its SIMD code.
+.PHONY: build-tools
+build-tools:
+	@command -v cmake >/dev/null && command -v nasm >/dev/null || { \
+		echo "installing cmake and nasm (needed to build libjpeg-turbo)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake nasm >/dev/null; }
+
 $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md
+$(VENV)/.installed: $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md | build-tools
 	rm -rf dist
 	maturin build --release --out dist
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/beam_ml_flink-*.whl
@@ -51,8 +59,8 @@ wheel: $(VENV)/.installed ## Build the wheel into dist/
 test: test-rust test-python test-install ## Run every test: cargo test, pytest, and a fresh install of the wheel
 
 .PHONY: test-rust
-test-rust: init ## cargo test (pure Rust core and the binding layer)
-	cargo test --locked
+test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
+	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
 test-python: init ## pytest

@@ -6,7 +6,7 @@ use _core::python::{core_module, DecodeError, ModelLoadError};
 use image::{DynamicImage, ImageFormat, RgbImage};
 use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyList};
 use pyo3_testing::{pyo3test, with_py_raises};
 
 fn png() -> Vec<u8> {
