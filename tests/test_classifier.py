@@ -48,7 +48,7 @@ def test_logits_match_torch_on_real_photos(
     record_property("median_logit_diff", float(np.median(worst)))
     # Inputs differ by at most a level or two of rounding (test_preprocess), which moves
     # EfficientNet-Lite0's logits by about a tenth.
-    assert worst.max() < 0.25, dict(zip(photos, worst.round(3)))
+    assert worst.max() < 0.25, dict(zip(photos, worst.round(3), strict=True))
 
 
 def test_classify_gives_torch_softmax_top_k(
@@ -57,7 +57,7 @@ def test_classify_gives_torch_softmax_top_k(
     results = demo.classify(list(photos.values()), top_k=5)
     labels = IMAGENET_LABELS.read_text().splitlines()
     probabilities = torch.softmax(torch.from_numpy(torch_logits), 1).numpy()
-    for result, expected in zip(results, probabilities):
+    for result, expected in zip(results, probabilities, strict=True):
         assert result.ok and result.error is None
         assert len(result.top_k) == 5
         index, label, probability = result.top_k[0]
@@ -86,7 +86,7 @@ def test_bad_images_fail_in_place_and_others_are_unchanged(
     assert "unsupported or unrecognised image format" in results[2].error
     assert "truncated or corrupt" in results[4].error
     alone = demo.classify(good, top_k=3)
-    for got, expected in zip([results[1], results[3]], alone):
+    for got, expected in zip([results[1], results[3]], alone, strict=True):
         assert [c[0] for c in got.top_k] == [c[0] for c in expected.top_k]
         np.testing.assert_allclose(
             [c[2] for c in got.top_k], [c[2] for c in expected.top_k], rtol=1e-4
