@@ -157,15 +157,17 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
         height: scaled.height,
         format,
     };
-    match decompressor.decompress(bytes, image.as_deref_mut()) {
-        Ok(()) => {}
-        // libjpeg's warnings about stray bytes leave a complete image, and PIL accepts it.
-        Err(turbojpeg::Error::TurboJpegError(message))
-            if message.starts_with("Corrupt JPEG data") && !message.contains("premature end") => {}
-        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("Premature end") => {
+    if let Err(error) = decompressor.decompress(bytes, image.as_deref_mut()) {
+        // libjpeg reports running out of data both as "Premature end of JPEG file" and as
+        // "Corrupt JPEG data: premature end of data segment"; its other "Corrupt JPEG data"
+        // warnings (stray bytes) leave a complete image, which PIL accepts too.
+        let message = error.to_string().to_ascii_lowercase();
+        if message.contains("premature end") {
             return Err(jpeg_error("the data ends before the image is complete"));
         }
-        Err(e) => return Err(jpeg_error(e)),
+        if !message.contains("corrupt jpeg data") {
+            return Err(jpeg_error(error));
+        }
     }
     let pixels = if cmyk {
         cmyk_to_rgb(&image.pixels, markers.adobe)
