@@ -18,6 +18,25 @@ export PYO3_PYTHON := $(PY)
 # The embedded interpreter of `cargo test` (the binding tests) must see the venv's packages.
 SITE_PACKAGES = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
+# What the run targets classify; every run-* target takes the same variables.
+DEMO_MODEL := data/models/efficientnet_lite0.pt
+INPUT ?= data/images.txt
+MODEL ?= $(DEMO_MODEL)
+LABELS ?= data/models/imagenet_labels.txt
+OUTPUT ?= build/output/$@/results
+ARGS ?=
+# The pretrained EfficientNet-Lite0 was trained with mean = std = 0.5; other models get ImageNet's.
+DEMO_NORMALIZE := --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
+NORMALIZE = $(if $(filter $(DEMO_MODEL),$(MODEL)),$(DEMO_NORMALIZE))
+CLASSIFY = rm -f $(OUTPUT)-*-of-*.jsonl $(OUTPUT)_failures-*-of-*.jsonl; \
+	$(PY) -m beam_ml_flink --input $(INPUT) --output $(OUTPUT) --model_path $(MODEL) \
+	$(if $(LABELS),--labels $(LABELS)) $(NORMALIZE) --show 20
+
+# Prism, Beam's portable local runner, built from Beam's Go module at the installed Beam version.
+BEAM_VERSION := $(shell sed -n 's/^apache-beam==//p' requirements.txt)
+PRISM := build/bin/prism
+export PRISM_LOCATION := $(abspath $(PRISM))
+
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
 
@@ -49,11 +68,29 @@ data/.made: $(VENV)/.deps data/make_demo.py
 	$(PY) data/make_demo.py
 	touch $@
 
+$(PRISM): requirements.txt
+	GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+	touch $@
+
 .PHONY: init
 init: $(VENV)/.installed data/.made ## Create .venv, install deps, build and install the extension, make demo data
 
 .PHONY: wheel
 wheel: $(VENV)/.installed ## Build the wheel into dist/
+
+.PHONY: run
+run: run-direct ## Set up, then classify the sample photos on the DirectRunner and print a table
+
+.PHONY: run-direct
+run-direct: init ## Classify INPUT with MODEL on the DirectRunner (also OUTPUT, LABELS, ARGS)
+	$(CLASSIFY) --runner DirectRunner $(ARGS)
+
+.PHONY: run-prism
+run-prism: init $(PRISM) ## Classify INPUT with MODEL on the PrismRunner (Prism built with go install)
+	$(CLASSIFY) --runner PrismRunner --prism_location $(PRISM_LOCATION) $(ARGS)
+
+.PHONY: prism
+prism: $(PRISM) ## Build the Prism runner binary into build/bin
 
 .PHONY: test
 test: test-rust test-python test-install ## Run every test: cargo test, pytest, and a fresh install of the wheel
@@ -63,7 +100,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init ## pytest
+test-python: init $(PRISM) ## pytest
 	$(PY) -m pytest
 
 .PHONY: test-install

@@ -161,31 +161,28 @@ impl Classifier {
     }
 }
 
-/// Softmax over one row of logits, then the `k` most probable classes (ties: lower index first).
+/// The `k` classes of highest logit (ties: lower index first), each with its softmax probability.
+///
+/// Ranked by logit rather than by probability: f32 probabilities of nearly equal logits round to
+/// the same value, and the ranking must stay torch's `argmax`/`topk` of the logits.
 pub fn top_classes(logits: &[f32], k: usize) -> Vec<Class> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = logits.iter().map(|&x| f64::from(x - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let mut classes: Vec<Class> = exps
-        .iter()
-        .enumerate()
-        .map(|(index, &e)| Class {
-            index,
-            probability: (e / sum) as f32,
-        })
-        .collect();
-    let k = k.min(classes.len());
-    let by_probability = |a: &Class, b: &Class| {
-        b.probability
-            .total_cmp(&a.probability)
-            .then(a.index.cmp(&b.index))
-    };
-    if k < classes.len() && k > 0 {
-        classes.select_nth_unstable_by(k - 1, by_probability);
+    let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let by_logit = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+    let mut indices: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(indices.len());
+    if k > 0 && k < indices.len() {
+        indices.select_nth_unstable_by(k - 1, by_logit);
     }
-    classes.truncate(k);
-    classes.sort_by(by_probability);
-    classes
+    indices.truncate(k);
+    indices.sort_by(by_logit);
+    indices
+        .into_iter()
+        .map(|index| Class {
+            index,
+            probability: (f64::from(logits[index] - max).exp() / sum) as f32,
+        })
+        .collect()
 }
 
 /// Reads class names, one per line (a trailing newline and `\r` line ends are fine).

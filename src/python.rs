@@ -137,7 +137,7 @@ fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> Decode
 #[pyfunction]
 #[pyo3(signature = (
     images, *, resize = ResizeArg::Side(256), crop = 224, mean = [0.485, 0.456, 0.406],
-    std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = true
+    std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = false
 ))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess<'py>(
@@ -163,7 +163,8 @@ fn preprocess<'py>(
 }
 
 /// The result for one image of `ImageClassifier.classify`.
-#[pyclass(frozen, module = "beam_ml_flink._core")]
+#[pyclass(frozen, eq, module = "beam_ml_flink._core")]
+#[derive(PartialEq)]
 pub struct Classification {
     /// True when the image was classified.
     #[pyo3(get)]
@@ -178,6 +179,33 @@ pub struct Classification {
 
 #[pymethods]
 impl Classification {
+    /// Built by `classify`; public so that results can be pickled between Beam workers.
+    #[new]
+    #[pyo3(signature = (top_k = Vec::new(), error = None))]
+    fn new(top_k: Vec<(usize, Option<String>, f32)>, error: Option<String>) -> PyResult<Self> {
+        if error.is_some() && !top_k.is_empty() {
+            return Err(PyValueError::new_err(
+                "a Classification has either top_k or an error, not both",
+            ));
+        }
+        Ok(Self {
+            ok: error.is_none(),
+            top_k,
+            error,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> (
+        Bound<'py, pyo3::types::PyType>,
+        (Vec<(usize, Option<String>, f32)>, Option<String>),
+    ) {
+        let this = slf.get();
+        (slf.get_type(), (this.top_k.clone(), this.error.clone()))
+    }
+
     fn __repr__(&self) -> String {
         match &self.error {
             Some(error) => format!("Classification(ok=False, error={error:?})"),
@@ -187,7 +215,8 @@ impl Classification {
 }
 
 /// A TorchScript image classifier with its preprocessing; immutable, safe to share by threads.
-#[pyclass(frozen, module = "beam_ml_flink._core", name = "ImageClassifier")]
+/// Weak-referenceable because Beam's `shared.Shared` keeps the loaded model by weak reference.
+#[pyclass(frozen, weakref, module = "beam_ml_flink._core", name = "ImageClassifier")]
 pub struct ImageClassifier {
     inner: Classifier,
 }
@@ -198,7 +227,7 @@ impl ImageClassifier {
     #[pyo3(signature = (
         model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
-        max_pixels = DEFAULT_MAX_PIXELS, draft = true
+        max_pixels = DEFAULT_MAX_PIXELS, draft = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(

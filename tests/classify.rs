@@ -28,6 +28,17 @@ fn softmax_is_stable_for_large_logits() {
 }
 
 #[test]
+fn ranking_follows_logits_whose_probabilities_round_equal() {
+    // An untrained network's logits are ~1e-9 apart: every f32 probability is 1/n, but the
+    // ranking must still be the logits' (torch's argmax).
+    let logits = [1e-9_f32, -2e-9, 3e-9, 2e-9];
+    let classes = top_classes(&logits, 4);
+    assert!(classes.iter().all(|c| c.probability == classes[0].probability));
+    let indices: Vec<usize> = classes.iter().map(|c| c.index).collect();
+    assert_eq!(indices, vec![2, 3, 0, 1]);
+}
+
+#[test]
 fn labels_file_one_name_per_line() {
     let dir = std::env::temp_dir().join(format!("bmf-labels-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -71,3 +71,40 @@ def photos() -> dict[str, bytes]:
 def photo() -> Image.Image:
     """One real RGB photograph (scikit-learn's china.jpg, 640x427)."""
     return Image.open(IMAGES / "china.jpg").convert("RGB")
+
+
+def torch_top1(
+    images: dict[str, bytes], model_path: Path | str, **recipe
+) -> dict[str, int]:
+    """The top-1 class of each image by the PIL + torchvision recipe and torch's own forward."""
+    model = torch.jit.load(str(model_path)).eval()
+    batch = torch.stack([reference(data, **recipe) for data in images.values()])
+    with torch.no_grad():
+        indices = model(batch).argmax(1).tolist()
+    return dict(zip(images, indices, strict=True))
+
+
+@pytest.fixture(scope="session")
+def demo_top1(photos: dict[str, bytes]) -> dict[str, int]:
+    """The demo model's reference top-1 class of each photo, by file name."""
+    return torch_top1(photos, DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, str]:
+    """Inputs that cannot be classified, each with a phrase its failure reason must contain."""
+    root = tmp_path_factory.mktemp("bad")
+    china = (IMAGES / "china.jpg").read_bytes()
+    files = {
+        root / "empty.jpg": (b"", "empty"),
+        root / "noise.png": (np.random.default_rng(0).bytes(4096), "unrecognised image format"),
+        root / "truncated.jpg": (china[: len(china) // 3], "ends before the image is complete"),
+        root / "notes.txt": (b"not an image\n", "unrecognised image format"),
+    }
+    for path, (data, _) in files.items():
+        path.write_bytes(data)
+    (root / "folder.jpg").mkdir()
+    reasons = {path: phrase for path, (_, phrase) in files.items()}
+    reasons[root / "folder.jpg"] = "is a directory"
+    reasons[root / "missing.jpg"] = "no such file"
+    return reasons

@@ -34,7 +34,7 @@ def preprocess(
     mean: _Triple = (0.485, 0.456, 0.406),
     std: _Triple = (0.229, 0.224, 0.225),
     max_pixels: int = ...,
-    draft: bool = True,
+    draft: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Decodes and preprocesses encoded images into one float32 array [N, 3, H, W].
 
@@ -67,8 +67,27 @@ def cuda_device_count() -> int:
     """Number of CUDA devices the installed libtorch can use (0 without a GPU)."""
 
 class Classification:
-    """What became of one image passed to ``ImageClassifier.classify``."""
+    """What became of one image passed to ``ImageClassifier.classify``.
 
+    Made by ``classify``; constructible, comparable and picklable so that results travel between
+    Beam workers.
+
+    Args:
+        top_k: (class index, label or None, probability), most probable first.
+        error: Why the image failed; ``top_k`` must then be empty.
+
+    Raises:
+        ValueError: Both ``top_k`` and ``error`` were given.
+    """
+
+    def __new__(
+        cls,
+        top_k: Sequence[tuple[int, str | None, float]] = ...,
+        error: str | None = None,
+    ) -> Classification: ...
+    def __reduce__(
+        self,
+    ) -> tuple[type[Classification], tuple[list[tuple[int, str | None, float]], str | None]]: ...
     @property
     def ok(self) -> bool:
         """True when the image was classified."""
@@ -114,7 +133,7 @@ class ImageClassifier:
         std: _Triple = (0.229, 0.224, 0.225),
         labels: Sequence[str] | str | PathLike[str] | None = None,
         max_pixels: int = ...,
-        draft: bool = True,
+        draft: bool = False,
     ) -> None: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.

@@ -1,0 +1,164 @@
+"""``python -m beam_ml_flink``: classify images with any Beam runner.
+
+    python -m beam_ml_flink --input images.txt --output out/results --model_path model.pt \
+        [--labels labels.txt] [--runner DirectRunner] [any Beam pipeline option]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
+
+from beam_ml_flink.beam import METRICS_NAMESPACE, ImageClassifierHandler
+from beam_ml_flink.options import (
+    STATE_DICT_RESIZE,
+    ImageClassificationOptions,
+    add_labels_flag,
+    without_labels_flag,
+)
+from beam_ml_flink.pipeline import ClassifyImages, image_uris, output_files, write_results
+
+logger = logging.getLogger("beam_ml_flink")
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
+    """This pipeline's flags, checked (with a usable --help), and Beam's options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_ml_flink",
+        description="Classify images with a TorchScript model on any Apache Beam runner. "
+        "Every Beam pipeline option (--runner, ...) is accepted as well.",
+    )
+    ImageClassificationOptions._add_argparse_args(parser)
+    add_labels_flag(parser)
+    args, _ = parser.parse_known_args(argv)
+    if args.model_state_dict_path:
+        if not args.model_name:
+            parser.error("--model_state_dict_path needs --model_name (e.g. mobilenet_v2)")
+        if args.model_path:
+            parser.error("give either --model_path or --model_state_dict_path, not both")
+    elif not args.model_path:
+        parser.error("--model_path (a TorchScript file) is required")
+    model = args.model_path or args.model_state_dict_path
+    for what, path in (("model", model), ("labels file", args.labels)):
+        if path and not FileSystems.exists(path):
+            parser.error(f"the {what} {path} does not exist")
+    return args, PipelineOptions(without_labels_flag(list(argv)))
+
+
+def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
+    """The model handler the flags describe."""
+    resize = args.resize
+    if resize is None:
+        resize = STATE_DICT_RESIZE if args.model_state_dict_path else 256
+    return ImageClassifierHandler(
+        args.model_path or args.model_state_dict_path,
+        model_name=args.model_name if args.model_state_dict_path else None,
+        device=args.device,
+        resize=resize,
+        crop=args.crop,
+        mean=args.mean,
+        std=args.std,
+        labels=args.labels,
+        top_k=args.top_k,
+        draft=args.draft,
+        min_batch_size=args.batch_size,
+        max_batch_size=args.batch_size,
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> PipelineResult:
+    """Builds and runs the pipeline, waits for it, and logs a summary."""
+    args, options = parse(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    uris = image_uris(pipeline, args.input, args.images_dir)
+    classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
+    write_results(classified, args.output, args.output_format)
+    result = pipeline.run()
+    result.wait_until_finish()
+    log_summary(result, time.perf_counter() - started)
+    if args.show:
+        print_results(args.output, args.show)
+    return result
+
+
+def log_summary(result: PipelineResult, seconds: float) -> None:
+    """Logs the handler's Beam metrics, where the runner reports them."""
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception as e:  # noqa: BLE001 - some runners do not report metrics
+        logger.info("finished in %.1f s (the runner reported no metrics: %s)", seconds, e)
+        return
+    totals: dict[str, int] = {}
+    for counter in metrics["counters"]:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + (counter.committed or 0)
+    for distribution in metrics["distributions"]:
+        name = distribution.key.metric.name
+        if distribution.committed is not None:
+            totals[f"{name}.count"] = totals.get(f"{name}.count", 0) + distribution.committed.count
+            totals[f"{name}.sum"] = totals.get(f"{name}.sum", 0) + distribution.committed.sum
+    classified = totals.get("images_classified", 0)
+    failed = totals.get("images_failed", 0)
+    batch_count = totals.get("batch_size.count", 0)
+    batch_ms = totals.get("batch_inference_ms.sum", 0)
+    logger.info(
+        "finished in %.1f s: %d images classified, %d failed in inference; %d batches of %.1f "
+        "images on average, %.0f ms of inference per batch on average",
+        seconds,
+        classified,
+        failed,
+        batch_count,
+        (classified + failed) / batch_count if batch_count else 0.0,
+        batch_ms / batch_count if batch_count else 0.0,
+    )
+
+
+def print_results(output: str, limit: int) -> None:
+    """Prints up to ``limit`` results read back from the output files, then the files."""
+    files = output_files(output)
+    rows: list[tuple[str, str, str]] = []
+    for path in files:
+        with FileSystems.open(path) as f:
+            for line in f.read().decode().splitlines():
+                if len(rows) >= limit:
+                    break
+                rows.append(_row(line))
+    width = max([len(r[0]) for r in rows] + [5])
+    print(f"\n{'image':<{width}}  {'top-1':<28}  score")
+    for image, label, score in rows:
+        print(f"{image:<{width}}  {label:<28}  {score}")
+    print("\noutput files:")
+    for path in files:
+        print(f"  {path}")
+
+
+def _row(line: str) -> tuple[str, str, str]:
+    if not line.startswith("{"):  # the original pipeline's csv: path,index
+        image, index = line.rsplit(",", 1)
+        return image, f"class {index}", ""
+    record = json.loads(line)
+    if "error" in record:
+        return record["image"], "FAILED: " + record["error"].removeprefix(record["image"] + ": "), ""
+    best = record["top_k"][0]
+    return record["image"], best["label"] or f"class {best['index']}", f"{best['score']:.3f}"
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Command-line options of the classification pipeline, as Beam ``PipelineOptions``."""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
+
+# The original dataflow-ml-starter pipeline resizes to 224x224 with no crop.
+STATE_DICT_RESIZE = (224, 224)
+
+
+def _resize(text: str) -> int | tuple[int, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) == 1:
+            return int(parts[0])
+        if len(parts) == 2:
+            return (int(parts[0]), int(parts[1]))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"--resize takes a shorter side (256) or height,width (224,224), got {text!r}"
+    )
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_labels_flag(parser: argparse.ArgumentParser) -> None:
+    """The CLI's ``--labels``, kept out of Beam's parser where it means Dataflow job labels."""
+    parser.add_argument("--labels", help="A text file with one class name per line.")
+
+
+def without_labels_flag(argv: list[str]) -> list[str]:
+    """``argv`` without ``--labels FILE`` / ``--labels=FILE``, for Beam's own parser."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--labels":
+            skip = True
+        elif not arg.startswith("--labels="):
+            kept.append(arg)
+    return kept
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+class ImageClassificationOptions(PipelineOptions):
+    """What to classify, with which model, and where the results go.
+
+    ``--labels`` (the class names file) is parsed by the CLI alone: Beam's Google Cloud options
+    already own ``--labels`` (Dataflow job labels).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--input",
+            required=True,
+            help="A text file with one image path or URI per line, or a glob of image files.",
+        )
+        parser.add_argument(
+            "--output",
+            required=True,
+            help="Prefix of the output files: PREFIX-*.jsonl predictions, "
+            "PREFIX_failures-*.jsonl failures (with --output_format csv, predictions go to "
+            "exactly PREFIX).",
+        )
+        parser.add_argument("--model_path", help="A TorchScript image classifier.")
+        parser.add_argument(
+            "--model_state_dict_path",
+            help="A torchvision state dict (the original pipeline's flag); needs --model_name.",
+        )
+        parser.add_argument(
+            "--model_name", help="The torchvision architecture of --model_state_dict_path."
+        )
+        parser.add_argument("--top_k", type=_positive, default=5, help="Classes kept per image.")
+        parser.add_argument(
+            "--resize",
+            type=_resize,
+            default=None,
+            help="Shorter side before a center crop (default 256), or height,width with no crop "
+            "(default 224,224 with --model_state_dict_path, as the original pipeline).",
+        )
+        parser.add_argument("--crop", type=_positive, default=224, help="Center crop side.")
+        parser.add_argument("--mean", type=_triple, default=IMAGENET_MEAN, help="Normalize mean.")
+        parser.add_argument("--std", type=_triple, default=IMAGENET_STD, help="Normalize std.")
+        parser.add_argument(
+            "--device", default="cpu", help="cpu, cuda or cuda:N (CPU and GPU also accepted)."
+        )
+        parser.add_argument(
+            "--batch_size", type=_positive, default=32, help="Largest batch per model call."
+        )
+        parser.add_argument(
+            "--images_dir",
+            help="A folder (or URI prefix) joined to relative names in the --input list.",
+        )
+        parser.add_argument(
+            "--output_format",
+            choices=("json", "csv"),
+            default="json",
+            help="json: one JSON line per image; csv: the original pipeline's path,index lines.",
+        )
+        parser.add_argument(
+            "--draft",
+            action="store_true",
+            help="Decode JPEGs much larger than needed at a reduced DCT scale, like PIL's draft(): "
+            "about 3x faster on camera-size photos; answers may differ slightly from the recipe.",
+        )
+        parser.add_argument(
+            "--show",
+            type=int,
+            default=0,
+            metavar="N",
+            help="After the run, print a table of up to N results read back from the output.",
+        )

@@ -1,0 +1,195 @@
+"""The classification pipeline: image URIs in, JSON lines of predictions and failures out.
+
+Every input URI comes out exactly once: as a prediction, or as a failure with its reason (a
+missing path, a directory, an undecodable file, a failed batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+
+from beam_ml_flink._core import Classification
+from beam_ml_flink.beam import ImageClassifierHandler
+
+# A file this large is refused before it is read: no image the decoder accepts is bigger.
+MAX_FILE_BYTES = 1 << 30
+FAILURES = "failures"
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+class ClassifiedImages(NamedTuple):
+    """The two outputs of :class:`ClassifyImages`."""
+
+    predictions: beam.PCollection  # (uri, Classification) for each classified image
+    failures: beam.PCollection  # (uri, reason) for each image that could not be classified
+
+
+class ReadImage(beam.DoFn):
+    """Reads an image's bytes through Beam's FileSystems; unreadable paths become failures."""
+
+    def __init__(self, max_bytes: int = MAX_FILE_BYTES) -> None:
+        self._max_bytes = max_bytes
+
+    def process(self, uri: str) -> Iterator[Any]:
+        try:
+            with FileSystems.open(uri) as f:
+                data = f.read(self._max_bytes + 1)
+        except FileNotFoundError:
+            yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: no such file; check the path"))
+            return
+        except IsADirectoryError:
+            yield pvalue.TaggedOutput(
+                FAILURES, (uri, f"{uri}: is a directory, not an image file; list the files inside")
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - any filesystem error is this image's failure
+            yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: could not be read: {e}"))
+            return
+        if len(data) > self._max_bytes:
+            yield pvalue.TaggedOutput(
+                FAILURES,
+                (uri, f"{uri}: larger than {self._max_bytes} bytes; refused before decoding"),
+            )
+            return
+        yield uri, data
+
+
+def _split_result(item: tuple[str, PredictionResult]) -> Iterator[Any]:
+    uri, result = item
+    classification: Classification = result.inference
+    if classification.ok:
+        yield uri, classification
+    else:
+        yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: {classification.error}"))
+
+
+def _failed_batch(bad: tuple[list[tuple[str, bytes]], tuple[type, str, Any]]) -> Iterator[Any]:
+    batch, (_, error, _) = bad
+    for uri, _data in batch:
+        yield uri, f"{uri}: the batch holding this image failed: {error}"
+
+
+class ClassifyImages(beam.PTransform):
+    """Image URIs in; :class:`ClassifiedImages` (predictions and failures) out.
+
+    The images are read through Beam's FileSystems (local paths, gs:// where installed) and
+    classified by ``RunInference(KeyedModelHandler(handler))``.
+    """
+
+    def __init__(self, handler: ImageClassifierHandler, max_bytes: int = MAX_FILE_BYTES) -> None:
+        super().__init__()
+        self._handler = handler
+        self._max_bytes = max_bytes
+
+    def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
+        read = uris | "ReadImages" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
+            FAILURES, main="images"
+        )
+        results, dead = read.images | "RunInference" >> RunInference(
+            KeyedModelHandler(self._handler)
+        ).with_exception_handling()
+        split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
+            FAILURES, main="predictions"
+        )
+        failed_batches = dead.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch)
+        failures = (
+            read[FAILURES],
+            split[FAILURES],
+            failed_batches,
+        ) | "AllFailures" >> beam.Flatten()
+        return ClassifiedImages(split.predictions, failures)
+
+
+def image_uris(
+    pipeline: beam.Pipeline, input: str, images_dir: str | None = None
+) -> beam.PCollection:
+    """The image URIs to classify: a glob, a folder, or a text file with one path per line."""
+    if os.path.isdir(input):
+        input = os.path.join(input, "*")
+    if _GLOB_CHARACTERS & set(input):
+        return (
+            pipeline
+            | "MatchImages" >> fileio.MatchFiles(input)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+        )
+    return (
+        pipeline
+        | "ReadImageList" >> beam.io.ReadFromText(input)
+        | "ImagePaths" >> beam.FlatMap(_list_entry, images_dir)
+    )
+
+
+def _list_entry(line: str, images_dir: str | None) -> Iterator[str]:
+    name = line.strip()
+    if not name or name.startswith("#"):
+        return
+    if images_dir and not _is_absolute(name):
+        name = FileSystems.join(images_dir, name)
+    yield name
+
+
+def _is_absolute(name: str) -> bool:
+    return os.path.isabs(name) or FileSystems.get_scheme(name) not in (None, "file")
+
+
+def prediction_json(item: tuple[str, Classification]) -> str:
+    """One output line of a classified image."""
+    uri, classification = item
+    return json.dumps(
+        {
+            "image": uri,
+            "top_k": [
+                {"index": index, "label": label, "score": round(score, 6)}
+                for index, label, score in classification.top_k
+            ],
+        }
+    )
+
+
+def prediction_csv(item: tuple[str, Classification]) -> str:
+    """The original pipeline's ``path,index`` line (top-1 class index)."""
+    uri, classification = item
+    return f"{uri},{classification.top_k[0][0]}"
+
+
+def failure_json(item: tuple[str, str]) -> str:
+    """One output line of an image that could not be classified."""
+    uri, reason = item
+    return json.dumps({"image": uri, "error": reason})
+
+
+def write_results(classified: ClassifiedImages, output: str, output_format: str = "json") -> None:
+    """Writes predictions to files starting with ``output`` and failures to ``output_failures``."""
+    if output_format == "csv":
+        _ = (
+            classified.predictions
+            | "PredictionsCsv" >> beam.Map(prediction_csv)
+            | "WritePredictions" >> beam.io.WriteToText(output, shard_name_template="")
+        )
+    else:
+        _ = (
+            classified.predictions
+            | "PredictionsJson" >> beam.Map(prediction_json)
+            | "WritePredictions" >> beam.io.WriteToText(output, file_name_suffix=".jsonl")
+        )
+    _ = (
+        classified.failures
+        | "FailuresJson" >> beam.Map(failure_json)
+        | "WriteFailures" >> beam.io.WriteToText(f"{output}_{FAILURES}", file_name_suffix=".jsonl")
+    )
+
+
+def output_files(output: str) -> list[str]:
+    """The files a run wrote under the ``output`` prefix, predictions first."""
+    paths = sorted(m.path for m in FileSystems.match([f"{output}*"])[0].metadata_list)
+    return sorted(paths, key=lambda p: f"{output}_{FAILURES}" in p)
+

@@ -1,0 +1,143 @@
+"""``python -m beam_ml_flink`` end to end on the DirectRunner and the PrismRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
+
+PRISM = Path(os.environ.get("PRISM_LOCATION", ROOT / "build" / "bin" / "prism"))
+
+
+def classify(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beam_ml_flink", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def demo_args(input: Path | str, output: Path) -> list[str]:
+    return [
+        f"--input={input}",
+        f"--output={output}",
+        f"--model_path={DEMO_MODEL}",
+        f"--labels={IMAGENET_LABELS}",
+        "--mean=" + ",".join(map(str, DEMO_MEAN)),
+        "--std=" + ",".join(map(str, DEMO_STD)),
+        "--batch_size=4",
+    ]
+
+
+def read_jsonl(files: list[Path]) -> list[dict]:
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def image_list(tmp_path: Path, names: list[str]) -> Path:
+    listing = tmp_path / "images.txt"
+    listing.write_text("# photos and bad files\n\n" + "\n".join(names) + "\n")
+    return listing
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_every_input_once_with_reference_top1_or_a_reason(
+    runner: str, tmp_path: Path, demo_top1: dict[str, int], bad_files: dict[Path, str]
+) -> None:
+    inputs = [str(IMAGES / n) for n in demo_top1] + [str(p) for p in bad_files]
+    extra = [f"--prism_location={PRISM}"] if runner == "PrismRunner" else []
+    if runner == "PrismRunner" and not PRISM.exists():
+        pytest.fail(f"no Prism binary at {PRISM}; `make prism` builds it")
+
+    run = classify(
+        *demo_args(image_list(tmp_path, inputs), tmp_path / "out" / "results"),
+        f"--runner={runner}",
+        *extra,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    predictions = read_jsonl(sorted((tmp_path / "out").glob("results-*.jsonl")))
+    failures = read_jsonl(sorted((tmp_path / "out").glob("results_failures-*.jsonl")))
+    seen = [r["image"] for r in predictions + failures]
+    assert sorted(seen) == sorted(inputs)
+    labels = IMAGENET_LABELS.read_text().splitlines()
+    assert {r["image"]: r["top_k"][0]["index"] for r in predictions} == {
+        str(IMAGES / n): i for n, i in demo_top1.items()
+    }
+    for record in predictions:
+        assert len(record["top_k"]) == 5
+        assert [t["label"] for t in record["top_k"]] == [labels[t["index"]] for t in record["top_k"]]
+        scores = [t["score"] for t in record["top_k"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+    for record in failures:
+        assert bad_files[Path(record["image"])] in record["error"], record
+
+
+def test_glob_input_and_summary(tmp_path: Path, demo_top1: dict[str, int]) -> None:
+    run = classify(
+        *demo_args(IMAGES / "*.jpg", tmp_path / "results"),
+        "--top_k=1",
+        "--show=3",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    predictions = read_jsonl(sorted(tmp_path.glob("results-*.jsonl")))
+    jpegs = {str(IMAGES / n): i for n, i in demo_top1.items() if n.endswith(".jpg")}
+    assert {r["image"]: r["top_k"][0]["index"] for r in predictions} == jpegs
+    assert all(len(r["top_k"]) == 1 for r in predictions)
+    assert f"{len(jpegs)} images classified, 0 failed" in run.stderr
+    table = run.stdout.splitlines()
+    assert table[1].split() == ["image", "top-1", "score"]
+    assert len([line for line in table if line.startswith(str(IMAGES))]) == 3
+    assert str(tmp_path / "results-00000-of-00001.jsonl") in run.stdout
+
+
+def test_original_pipeline_flags_and_csv_output(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    from torchvision import models
+
+    torch.manual_seed(0)
+    model = models.mobilenet_v2(num_classes=1000).eval()
+    state_dict = tmp_path / "mobilenet_v2.pth"
+    torch.save(model.state_dict(), state_dict)
+    traced = tmp_path / "reference.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), traced)
+    names = ["china.jpg", "coffee.png", "rocket.jpg"]
+    expected = torch_top1({n: photos[n] for n in names}, traced, resize=(224, 224))
+
+    output = tmp_path / "beam_test_out.txt"
+    run = classify(
+        f"--input={image_list(tmp_path, names)}",
+        f"--output={output}",
+        f"--model_state_dict_path={state_dict}",
+        "--model_name=mobilenet_v2",
+        f"--images_dir={IMAGES}",
+        "--device=CPU",
+        "--output_format=csv",
+        "--runner=DirectRunner",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(output.read_text().splitlines())
+    assert lines == sorted(f"{IMAGES / n},{i}" for n, i in expected.items())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model_path=/no/such/model.pt"], "the model /no/such/model.pt does not exist"),
+        ([], "--model_path (a TorchScript file) is required"),
+        (["--model_state_dict_path=x.pth"], "--model_state_dict_path needs --model_name"),
+        ([f"--model_path={DEMO_MODEL}", "--resize=2x2"], "--resize takes a shorter side"),
+        ([f"--model_path={DEMO_MODEL}", "--mean=1,2"], "expected three comma-separated numbers"),
+    ],
+)
+def test_usage_errors_are_clear(tmp_path: Path, args: list[str], message: str) -> None:
+    run = classify("--input=images.txt", f"--output={tmp_path / 'out'}", *args)
+    assert run.returncode == 2
+    assert message in run.stderr
