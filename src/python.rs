@@ -138,7 +138,8 @@ fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> Decode
 #[pyo3(signature = (
     images, *, resize = ResizeArg::Side(256), crop = 224, mean = [0.485, 0.456, 0.406],
     std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = false
-))]
+), text_signature = "(images, *, resize=256, crop=224, mean=(0.485, 0.456, 0.406), \
+    std=(0.229, 0.224, 0.225), max_pixels=178956970, draft=False)")]
 #[allow(clippy::too_many_arguments)]
 fn preprocess<'py>(
     py: Python<'py>,
@@ -216,7 +217,12 @@ impl Classification {
 
 /// A TorchScript image classifier with its preprocessing; immutable, safe to share by threads.
 /// Weak-referenceable because Beam's `shared.Shared` keeps the loaded model by weak reference.
-#[pyclass(frozen, weakref, module = "beam_ml_flink._core", name = "ImageClassifier")]
+#[pyclass(
+    frozen,
+    weakref,
+    module = "beam_ml_flink._core",
+    name = "ImageClassifier"
+)]
 pub struct ImageClassifier {
     inner: Classifier,
 }
@@ -228,7 +234,9 @@ impl ImageClassifier {
         model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
         max_pixels = DEFAULT_MAX_PIXELS, draft = false
-    ))]
+    ), text_signature = "(model_path, *, device='cpu', resize=256, crop=224, \
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
+        max_pixels=178956970, draft=False)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

@@ -33,7 +33,9 @@ fn ranking_follows_logits_whose_probabilities_round_equal() {
     // ranking must still be the logits' (torch's argmax).
     let logits = [1e-9_f32, -2e-9, 3e-9, 2e-9];
     let classes = top_classes(&logits, 4);
-    assert!(classes.iter().all(|c| c.probability == classes[0].probability));
+    assert!(classes
+        .iter()
+        .all(|c| c.probability == classes[0].probability));
     let indices: Vec<usize> = classes.iter().map(|c| c.index).collect();
     assert_eq!(indices, vec![2, 3, 0, 1]);
 }

@@ -73,9 +73,7 @@ def photo() -> Image.Image:
     return Image.open(IMAGES / "china.jpg").convert("RGB")
 
 
-def torch_top1(
-    images: dict[str, bytes], model_path: Path | str, **recipe
-) -> dict[str, int]:
+def torch_top1(images: dict[str, bytes], model_path: Path | str, **recipe) -> dict[str, int]:
     """The top-1 class of each image by the PIL + torchvision recipe and torch's own forward."""
     model = torch.jit.load(str(model_path)).eval()
     batch = torch.stack([reference(data, **recipe) for data in images.values()])

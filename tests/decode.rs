@@ -135,9 +135,16 @@ fn header_over_the_pixel_limit_is_refused() {
 
 #[test]
 fn truncated_jpeg_says_the_data_ends_early() {
-    let bytes = encode(&DynamicImage::ImageRgb8(gradient(320, 240)), ImageFormat::Jpeg);
+    let bytes = encode(
+        &DynamicImage::ImageRgb8(gradient(320, 240)),
+        ImageFormat::Jpeg,
+    );
     for cut in [bytes.len() / 3, bytes.len() - 10] {
         let err = decode_rgb8(&bytes[..cut], &DecodeOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("data ends before the image is complete"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("data ends before the image is complete"),
+            "{err}"
+        );
     }
 }

@@ -96,9 +96,7 @@ def test_pipeline_gives_reference_top1_and_every_failure(
 
     with test_pipeline.TestPipeline() as p:
         classified = (
-            p
-            | beam.Create(uris)
-            | ClassifyImages(demo_handler(min_batch_size=4, max_batch_size=4))
+            p | beam.Create(uris) | ClassifyImages(demo_handler(min_batch_size=4, max_batch_size=4))
         )
         top1 = classified.predictions | beam.MapTuple(lambda uri, c: (uri, c.top_k[0][0]))
         assert_that(top1, equal_to(expected_top1), label="top-1 is the reference")

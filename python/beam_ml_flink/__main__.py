@@ -149,7 +149,8 @@ def _row(line: str) -> tuple[str, str, str]:
         return image, f"class {index}", ""
     record = json.loads(line)
     if "error" in record:
-        return record["image"], "FAILED: " + record["error"].removeprefix(record["image"] + ": "), ""
+        reason = record["error"].removeprefix(record["image"] + ": ")
+        return record["image"], f"FAILED: {reason}", ""
     best = record["top_k"][0]
     return record["image"], best["label"] or f"class {best['index']}", f"{best['score']:.3f}"
 

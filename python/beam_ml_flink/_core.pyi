@@ -2,9 +2,23 @@
 
 from collections.abc import Iterable, Sequence
 from os import PathLike
+from typing import final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "Classification",
+    "DecodeError",
+    "Error",
+    "ImageClassifier",
+    "InferenceError",
+    "ModelLoadError",
+    "__version__",
+    "cuda_device_count",
+    "preprocess",
+]
 
 __version__: str
 DEFAULT_MAX_PIXELS: int
@@ -66,6 +80,7 @@ def preprocess(
 def cuda_device_count() -> int:
     """Number of CUDA devices the installed libtorch can use (0 without a GPU)."""
 
+@final
 class Classification:
     """What became of one image passed to ``ImageClassifier.classify``.
 
@@ -98,6 +113,7 @@ class Classification:
     def error(self) -> str | None:
         """Why the image failed, or None."""
 
+@final
 class ImageClassifier:
     """A TorchScript image classifier with its preprocessing.
 
@@ -122,8 +138,8 @@ class ImageClassifier:
         ValueError: An option is out of range, or CUDA was asked for and is not available.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model_path: str | PathLike[str],
         *,
         device: str = "cpu",
@@ -134,7 +150,7 @@ class ImageClassifier:
         labels: Sequence[str] | str | PathLike[str] | None = None,
         max_pixels: int = ...,
         draft: bool = False,
-    ) -> None: ...
+    ) -> ImageClassifier: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.
 

@@ -23,7 +23,7 @@ METRICS_NAMESPACE = "BeamML_BeamMLFlink"
 
 
 class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifier]):
-    """Classifies encoded images (bytes) with a TorchScript model, decoding and preprocessing in Rust.
+    """Classifies encoded images with a TorchScript model, decoding and preprocessing in Rust.
 
     Every image gives one ``PredictionResult`` whose ``inference`` is a
     :class:`beam_ml_flink.Classification`: its ``top_k`` when the image was classified, its

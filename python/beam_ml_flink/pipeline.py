@@ -94,9 +94,11 @@ class ClassifyImages(beam.PTransform):
         read = uris | "ReadImages" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
             FAILURES, main="images"
         )
-        results, dead = read.images | "RunInference" >> RunInference(
-            KeyedModelHandler(self._handler)
-        ).with_exception_handling()
+        results, dead = (
+            read.images
+            | "RunInference"
+            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
         split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
             FAILURES, main="predictions"
         )
@@ -192,4 +194,3 @@ def output_files(output: str) -> list[str]:
     """The files a run wrote under the ``output`` prefix, predictions first."""
     paths = sorted(m.path for m in FileSystems.match([f"{output}*"])[0].metadata_list)
     return sorted(paths, key=lambda p: f"{output}_{FAILURES}" in p)
-

@@ -72,4 +72,3 @@ def trace_state_dict(model_name: str, state_dict_path: str, input_size: tuple[in
     torch.jit.save(module, partial)
     os.replace(partial, traced)
     return traced
-
