@@ -140,3 +140,19 @@ def test_torchvision_state_dict_is_traced_and_matches_torch(
         ImageClassifierHandler(str(state_dict), model_name="mobilenet_v9").load_model()
     with pytest.raises(ValueError, match="does not fit torchvision's resnet18"):
         ImageClassifierHandler(str(state_dict), model_name="resnet18").load_model()
+
+
+def test_model_shared_across_processes_gives_the_same_answers(
+    demo_top1: dict[str, int],
+) -> None:
+    # model_copies puts the model in one server process behind a proxy (Beam's
+    # multi_process_shared): the classifier's results must survive pickling across it.
+    expected = [(str(IMAGES / name), index) for name, index in demo_top1.items()]
+    with test_pipeline.TestPipeline() as p:
+        classified = (
+            p
+            | beam.Create([uri for uri, _ in expected])
+            | ClassifyImages(demo_handler(model_copies=1))
+        )
+        top1 = classified.predictions | beam.MapTuple(lambda uri, c: (uri, c.top_k[0][0]))
+        assert_that(top1, equal_to(expected))
