@@ -28,14 +28,28 @@ ARGS ?=
 # The pretrained EfficientNet-Lite0 was trained with mean = std = 0.5; other models get ImageNet's.
 DEMO_NORMALIZE := --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
 NORMALIZE = $(if $(filter $(DEMO_MODEL),$(MODEL)),$(DEMO_NORMALIZE))
-CLASSIFY = rm -f $(OUTPUT)-*-of-*.jsonl $(OUTPUT)_failures-*-of-*.jsonl; \
-	$(PY) -m beam_ml_flink --input $(INPUT) --output $(OUTPUT) --model_path $(MODEL) \
+CLEAN_OUTPUT = rm -f $(OUTPUT)-*-of-*.jsonl $(OUTPUT)_failures-*-of-*.jsonl
+CLASSIFY = $(PY) -m beam_ml_flink --input $(INPUT) --output $(OUTPUT) --model_path $(MODEL) \
 	$(if $(LABELS),--labels $(LABELS)) $(NORMALIZE) --show 20
 
 # Prism, Beam's portable local runner, built from Beam's Go module at the installed Beam version.
 BEAM_VERSION := $(shell sed -n 's/^apache-beam==//p' requirements.txt)
 PRISM := build/bin/prism
 export PRISM_LOCATION := $(abspath $(PRISM))
+
+# Flink: the distribution from PyPI's apache-flink wheels (installed with --no-deps into a folder of
+# its own) and Beam's Flink job server assembled from Maven Central (data/flink-job-server.pom.xml),
+# both for Flink 1.19, the newest Flink whose Beam runner Maven Central serves here as a whole.
+FLINK_VERSION := 1.19.3
+FLINK_MINOR := $(basename $(FLINK_VERSION))
+FLINK_DIST := build/flink-$(FLINK_VERSION)
+FLINK_LOCATION ?= $(FLINK_DIST)/pyflink
+JOB_SERVER_JAR := build/flink-job-server/beam-flink-job-server.jar
+export FLINK_LOCATION := $(abspath $(FLINK_LOCATION))
+export FLINK_JOB_SERVER_JAR := $(abspath $(JOB_SERVER_JAR))
+SERVICES = $(PY) -m beam_ml_flink.services --work-dir build/flink/$@
+FLINK_RUNNER := --runner FlinkRunner --flink_version $(FLINK_MINOR) --flink_job_server_jar $(FLINK_JOB_SERVER_JAR)
+PORTABLE_RUNNER := --runner PortableRunner --job_endpoint localhost:8099
 
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
@@ -72,6 +86,23 @@ $(PRISM): requirements.txt
 	GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
 	touch $@
 
+$(FLINK_DIST)/.installed:
+	rm -rf $(FLINK_DIST)
+	$(PY) -m pip install --quiet --no-deps --target $(FLINK_DIST) \
+		apache-flink==$(FLINK_VERSION) apache-flink-libraries==$(FLINK_VERSION)
+	mkdir -p $(FLINK_DIST)/pyflink/log
+	touch $@
+
+$(JOB_SERVER_JAR): data/flink-job-server.pom.xml
+	mvn --batch-mode --quiet -f data/flink-job-server.pom.xml package
+	touch $@
+
+.PHONY: flink
+flink: $(VENV)/.deps $(FLINK_DIST)/.installed ## Install the Flink distribution into build/ (FLINK_LOCATION)
+
+.PHONY: flink-job-server
+flink-job-server: $(JOB_SERVER_JAR) ## Assemble Beam's Flink job server from Maven Central into build/
+
 .PHONY: init
 init: $(VENV)/.installed data/.made ## Create .venv, install deps, build and install the extension, make demo data
 
@@ -83,11 +114,37 @@ run: run-direct ## Set up, then classify the sample photos on the DirectRunner a
 
 .PHONY: run-direct
 run-direct: init ## Classify INPUT with MODEL on the DirectRunner (also OUTPUT, LABELS, ARGS)
+	$(CLEAN_OUTPUT)
 	$(CLASSIFY) --runner DirectRunner $(ARGS)
 
 .PHONY: run-prism
 run-prism: init $(PRISM) ## Classify INPUT with MODEL on the PrismRunner (Prism built with go install)
+	$(CLEAN_OUTPUT)
 	$(CLASSIFY) --runner PrismRunner --prism_location $(PRISM_LOCATION) $(ARGS)
+
+.PHONY: run-flink
+run-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the FlinkRunner: the job server's embedded Flink, LOOPBACK workers
+	$(CLEAN_OUTPUT)
+	$(SERVICES) --flink-conf data/flink-conf.yaml -- \
+	$(CLASSIFY) $(FLINK_RUNNER) --environment_type LOOPBACK $(ARGS)
+
+.PHONY: run-portable-flink
+run-portable-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the PortableRunner: a job server (8099) and its embedded Flink
+	$(CLEAN_OUTPUT)
+	$(SERVICES) --flink-conf data/flink-conf.yaml --job-server $(JOB_SERVER_JAR) -- \
+	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
+
+.PHONY: run-portable-flink-local
+run-portable-flink-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on a local Flink cluster (UI on 8081) through the job server
+	$(CLEAN_OUTPUT)
+	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) -- \
+	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
+
+.PHONY: run-portable-flink-worker-local
+run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on the local Flink cluster with an SDK worker pool (EXTERNAL)
+	$(CLEAN_OUTPUT)
+	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) --worker-pool -- \
+	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type EXTERNAL --environment_config localhost:5000 $(ARGS)
 
 .PHONY: prism
 prism: $(PRISM) ## Build the Prism runner binary into build/bin
