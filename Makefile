@@ -146,6 +146,47 @@ run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT 
 	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) --worker-pool -- \
 	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type EXTERNAL --environment_config localhost:5000 $(ARGS)
 
+# Dataproc and Docker: the SDK worker image, a Dataproc cluster with Flink and Docker, and the job
+# submitted by a local job server to the cluster's Flink through an SSH tunnel. Settings: .env.
+# DRY_RUN=1 prints each gcloud and docker command instead of running it.
+-include .env
+DO = $(if $(DRY_RUN),@echo,)
+CPU_IMAGE_URI = $(IMAGE_REPOSITORY)/$(IMAGE_NAME):$(IMAGE_TAG)
+GCLOUD_SSH = gcloud compute ssh $(CLUSTER_NAME)-m --project=$(PROJECT_ID) --zone=$(ZONE)
+TUNNEL = -L $(TUNNEL_PATTERN)
+TUNNEL_PATTERN = $(FLINK_TUNNEL_PORT):localhost:$(FLINK_REST_PORT)
+
+.PHONY: docker-cpu
+docker-cpu: ## Build the CPU SDK worker image (needs a Docker engine)
+	$(DO) docker build --target cpu --build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) --tag $(CPU_IMAGE_URI) .
+
+.PHONY: push-docker-cpu
+push-docker-cpu: docker-cpu ## Push the CPU SDK worker image to IMAGE_REPOSITORY
+	$(DO) gcloud auth configure-docker $(firstword $(subst /, ,$(IMAGE_REPOSITORY))) --quiet
+	$(DO) docker push $(CPU_IMAGE_URI)
+
+.PHONY: create-flink-cluster
+create-flink-cluster: ## Create the Dataproc cluster with the Flink and Docker components
+	$(DO) gcloud dataproc clusters create $(CLUSTER_NAME) --project=$(PROJECT_ID) --region=$(REGION) \
+		--zone=$(ZONE) --image-version=$(DATAPROC_IMAGE_VERSION) --optional-components=FLINK,DOCKER \
+		--enable-component-gateway --master-machine-type=$(MASTER_MACHINE_TYPE) \
+		--worker-machine-type=$(WORKER_MACHINE_TYPE) --num-workers=$(NUM_WORKERS) \
+		--worker-boot-disk-size=$(WORKER_BOOT_DISK_SIZE) --scopes=cloud-platform
+
+.PHONY: run-portable-flink-cluster
+run-portable-flink-cluster: $(if $(DRY_RUN),,init $(JOB_SERVER_JAR)) ## Classify CLUSTER_INPUT on the Dataproc cluster's Flink with the SDK image
+	$(DO) $(GCLOUD_SSH) -- -f -N -o ExitOnForwardFailure=yes $(TUNNEL)
+	$(DO) $(SERVICES) --flink-conf data/flink-conf.yaml --flink-master localhost:$(FLINK_TUNNEL_PORT) \
+		--job-server $(JOB_SERVER_JAR) -- $(PY) -m beam_ml_flink --input $(CLUSTER_INPUT) \
+		--output $(CLUSTER_OUTPUT) --model_path $(CLUSTER_MODEL) $(PORTABLE_RUNNER) \
+		--environment_type DOCKER --environment_config $(CPU_IMAGE_URI) $(ARGS) \
+		|| { status=$$?; pkill -f $(TUNNEL_PATTERN); exit $$status; }
+	$(DO) pkill -f $(TUNNEL_PATTERN)
+
+.PHONY: remove-flink-cluster
+remove-flink-cluster: ## Delete the Dataproc cluster
+	$(DO) gcloud dataproc clusters delete $(CLUSTER_NAME) --project=$(PROJECT_ID) --region=$(REGION) --quiet
+
 .PHONY: prism
 prism: $(PRISM) ## Build the Prism runner binary into build/bin
 
@@ -157,7 +198,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init $(PRISM) ## pytest
+test-python: init $(PRISM) flink $(JOB_SERVER_JAR) ## pytest (Flink tests start their own Flink)
 	$(PY) -m pytest
 
 .PHONY: test-install

@@ -384,7 +384,10 @@ class WorkerPool(_Service):
             "apache_beam.runners.worker.worker_pool_main",
             f"--service_port={self.port}",
         ]
-        self._process = _Process("SDK worker pool", argv, self.work_dir / "worker-pool.log")
+        # The pool starts each SDK worker as `python` from PATH: make that this Python.
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        self._process = _Process("SDK worker pool", argv, self.work_dir / "worker-pool.log", env)
         self._process.wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -424,6 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cluster", action="store_true", help="start a standalone Flink cluster")
     parser.add_argument(
+        "--flink-master",
+        metavar="HOST:PORT",
+        help="an existing Flink cluster's REST address, for the job server to submit to",
+    )
+    parser.add_argument(
         "--job-server", metavar="JAR", help="start the Beam Flink job server from JAR"
     )
     parser.add_argument(
@@ -437,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
+    if args.cluster and args.flink_master:
+        parser.error("--cluster starts a cluster; --flink-master names one that runs: give one")
     if args.cluster and not args.flink_location:
         parser.error("--cluster needs --flink-location or FLINK_LOCATION: a Flink distribution")
 
@@ -458,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 conf_dir = flink_conf_dir(args.flink_conf, work_dir / "conf", None)
                 env["FLINK_CONF_DIR"] = str(conf_dir)
+                master = args.flink_master or master
             if args.job_server:
                 server = JobServer(args.job_server, work_dir / "job-server", master, conf_dir)
                 services.enter_context(server)

@@ -1,0 +1,156 @@
+"""The pipeline on real Flink: the FlinkRunner (the job server's embedded Flink) and a standalone
+local cluster through the job server, with LOOPBACK and worker-pool (EXTERNAL) SDK workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import classify, demo_args, image_list, read_jsonl
+
+from beam_ml_flink import services
+from conftest import IMAGES, ROOT
+
+FLINK_LOCATION = Path(os.environ.get("FLINK_LOCATION", ROOT / "build" / "flink-1.19.3" / "pyflink"))
+JOB_SERVER_JAR = Path(
+    os.environ.get(
+        "FLINK_JOB_SERVER_JAR", ROOT / "build" / "flink-job-server" / "beam-flink-job-server.jar"
+    )
+)
+FLINK_CONF = ROOT / "data" / "flink-conf.yaml"
+FLINK_CONF_LOCAL = ROOT / "data" / "flink-conf-local.yaml"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def flink_parts() -> None:
+    if not (FLINK_LOCATION / "bin" / "start-cluster.sh").is_file():
+        pytest.fail(f"no Flink distribution at {FLINK_LOCATION}; `make flink` installs it")
+    if not JOB_SERVER_JAR.is_file():
+        pytest.fail(f"no job server jar at {JOB_SERVER_JAR}; `make flink-job-server` builds it")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, bad_files: dict[Path, str]) -> Path:
+    """An image list of the real photos and every kind of bad file."""
+    names = [str(p) for p in sorted(IMAGES.iterdir())] + [str(p) for p in bad_files]
+    return image_list(tmp_path_factory.mktemp("inputs"), names)
+
+
+def results(output_dir: Path) -> tuple[dict[str, list], dict[str, str]]:
+    """Predictions (image -> [(index, score)]) and failures (image -> reason) of one run, checking
+    that no image appears twice."""
+    predictions = read_jsonl(sorted(output_dir.glob("results-*.jsonl")))
+    failures = read_jsonl(sorted(output_dir.glob("results_failures-*.jsonl")))
+    seen = [r["image"] for r in predictions + failures]
+    assert len(seen) == len(set(seen)), "an image appears more than once"
+    return (
+        {r["image"]: [(t["index"], t["score"]) for t in r["top_k"]] for r in predictions},
+        {r["image"]: r["error"] for r in failures},
+    )
+
+
+@pytest.fixture(scope="module")
+def direct(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """What the DirectRunner makes of the inputs."""
+    out = tmp_path_factory.mktemp("direct")
+    run = classify(*demo_args(inputs, out / "results"), "--runner=DirectRunner")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return results(out)
+
+
+def assert_same_as_direct(output_dir: Path, inputs: Path, direct: tuple[dict, dict]) -> None:
+    predictions, failures = results(output_dir)
+    expected_predictions, expected_failures = direct
+    listed = [line for line in inputs.read_text().splitlines() if line and not line.startswith("#")]
+    assert sorted([*predictions, *failures]) == sorted(listed)
+    assert failures == expected_failures
+    assert predictions.keys() == expected_predictions.keys()
+    for image, top_k in predictions.items():
+        expected = expected_predictions[image]
+        assert [i for i, _ in top_k] == [i for i, _ in expected], image
+        assert [s for _, s in top_k] == pytest.approx([s for _, s in expected], abs=1e-5), image
+
+
+def test_flink_runner_embedded_loopback(
+    inputs: Path, direct: tuple[dict, dict], tmp_path: Path
+) -> None:
+    conf_dir = services.flink_conf_dir(FLINK_CONF, tmp_path / "conf", None)
+    # The CLI, with INFO logging so that the job server's own log (which Beam logs) shows.
+    cli = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO); "
+        "from beam_ml_flink.__main__ import main; main()"
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            cli,
+            *demo_args(inputs, tmp_path / "out" / "results"),
+            "--runner=FlinkRunner",
+            "--flink_version=1.19",
+            f"--flink_job_server_jar={JOB_SERVER_JAR}",
+            "--environment_type=LOOPBACK",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env={**os.environ, "FLINK_CONF_DIR": str(conf_dir)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_as_direct(tmp_path / "out", inputs, direct)
+    # The job server that Beam started read data/flink-conf.yaml through FLINK_CONF_DIR.
+    assert f"configuration file from {conf_dir / 'config.yaml'}" in run.stderr
+    assert "Loading configuration property: parallelism.default, 2" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def local_flink(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[services.JobServer, services.LocalFlinkCluster]]:
+    """A standalone Flink cluster and a job server that submits to it; both are stopped after the
+    module, whatever its tests did."""
+    work = tmp_path_factory.mktemp("flink")
+    with services.LocalFlinkCluster(FLINK_LOCATION, FLINK_CONF_LOCAL, work / "cluster") as cluster:
+        assert isinstance(cluster, services.LocalFlinkCluster)
+        server = services.JobServer(
+            JOB_SERVER_JAR, work / "job-server", cluster.master, cluster.conf_dir
+        )
+        with server:
+            yield server, cluster
+
+
+@pytest.mark.parametrize("environment", ["LOOPBACK", "EXTERNAL"])
+def test_local_cluster_through_the_job_server(
+    environment: str,
+    local_flink: tuple[services.JobServer, services.LocalFlinkCluster],
+    inputs: Path,
+    direct: tuple[dict, dict],
+    tmp_path: Path,
+) -> None:
+    server, cluster = local_flink
+    finished_before = cluster.overview()["jobs-finished"]
+    args = ["--runner=PortableRunner", f"--job_endpoint={server.endpoint}"]
+    with sdk_environment(environment, tmp_path) as environment_args:
+        run = classify(*demo_args(inputs, tmp_path / "out" / "results"), *args, *environment_args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_as_direct(tmp_path / "out", inputs, direct)
+    # The job ran on the cluster, not on a Flink embedded somewhere.
+    assert cluster.overview()["jobs-finished"] == finished_before + 1
+
+
+@contextlib.contextmanager
+def sdk_environment(environment: str, work_dir: Path) -> Iterator[list[str]]:
+    """The SDK workers of a run: LOOPBACK, or a worker pool started for it (EXTERNAL)."""
+    if environment == "LOOPBACK":
+        yield ["--environment_type=LOOPBACK"]
+        return
+    with services.WorkerPool(work_dir / "worker-pool") as pool:
+        assert isinstance(pool, services.WorkerPool)
+        yield ["--environment_type=EXTERNAL", f"--environment_config={pool.address}"]
