@@ -149,7 +149,9 @@ run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT 
 # Dataproc and Docker: the SDK worker image, a Dataproc cluster with Flink and Docker, and the job
 # submitted by a local job server to the cluster's Flink through an SSH tunnel. Settings: .env.
 # DRY_RUN=1 prints each gcloud and docker command instead of running it.
--include .env
+# .env holds KEY=value lines; the environment and the command line override them.
+ENV_KEYS := $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' .env)
+$(foreach key,$(ENV_KEYS),$(eval $(key) ?= $(shell sed -n 's/^$(key)=//p' .env)))
 DO = $(if $(DRY_RUN),@echo,)
 CPU_IMAGE_URI = $(IMAGE_REPOSITORY)/$(IMAGE_NAME):$(IMAGE_TAG)
 GCLOUD_SSH = gcloud compute ssh $(CLUSTER_NAME)-m --project=$(PROJECT_ID) --zone=$(ZONE)

@@ -410,7 +410,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m beam_ml_flink.services`."""
     parser = argparse.ArgumentParser(
         prog="python -m beam_ml_flink.services",
         description="Start local Flink services, run a command, and stop the services afterwards "
@@ -441,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work-dir", default="build/flink", help="logs, pid files, staged artifacts"
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
