@@ -56,7 +56,7 @@ PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -nam
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-32s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # libjpeg-turbo is built from source by the turbojpeg crate: cmake, and nasm for its SIMD code.
 .PHONY: build-tools
@@ -129,9 +129,10 @@ run-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the FlinkRunner: the job 
 	$(CLASSIFY) $(FLINK_RUNNER) --environment_type LOOPBACK $(ARGS)
 
 .PHONY: run-portable-flink
-run-portable-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the PortableRunner: a job server (8099) and its embedded Flink
+run-portable-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the PortableRunner: a job server (8099) and its embedded Flink, or FLINK_MASTER
 	$(CLEAN_OUTPUT)
-	$(SERVICES) --flink-conf data/flink-conf.yaml --job-server $(JOB_SERVER_JAR) -- \
+	$(SERVICES) --flink-conf data/flink-conf.yaml --job-server $(JOB_SERVER_JAR) \
+		$(if $(FLINK_MASTER),--flink-master $(FLINK_MASTER)) -- \
 	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
 
 .PHONY: run-portable-flink-local
