@@ -142,3 +142,19 @@ def test_usage_errors_are_clear(tmp_path: Path, args: list[str], message: str) -
     run = classify("--input=images.txt", f"--output={tmp_path / 'out'}", *args)
     assert run.returncode == 2
     assert message in run.stderr
+
+
+def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
+    run = classify(f"--output={tmp_path / 'out'}", f"--model_path={DEMO_MODEL}")
+    assert run.returncode == 2
+    assert "--input is required" in run.stderr
+
+
+def test_importing_the_options_leaves_other_pipelines_options_alone() -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_ml_flink.options import ImageClassificationOptions
+
+    options = PipelineOptions(["--runner=DirectRunner"])
+    assert options.get_all_options()["runner"] == "DirectRunner"
+    assert options.view_as(ImageClassificationOptions).input is None

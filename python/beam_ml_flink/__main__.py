@@ -41,6 +41,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     ImageClassificationOptions._add_argparse_args(parser)
     add_labels_flag(parser)
     args, _ = parser.parse_known_args(argv)
+    # Checked here, not by argparse: a required flag in a PipelineOptions subclass would break
+    # every other pipeline's options in a process that imports this module.
+    for flag in ("input", "output"):
+        if not getattr(args, flag):
+            parser.error(f"--{flag} is required")
     if args.model_state_dict_path:
         if not args.model_name:
             parser.error("--model_state_dict_path needs --model_name (e.g. mobilenet_v2)")

@@ -76,12 +76,10 @@ class ImageClassificationOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--input",
-            required=True,
             help="A text file with one image path or URI per line, or a glob of image files.",
         )
         parser.add_argument(
             "--output",
-            required=True,
             help="Prefix of the output files: PREFIX-*.jsonl predictions, "
             "PREFIX_failures-*.jsonl failures (with --output_format csv, predictions go to "
             "exactly PREFIX).",
