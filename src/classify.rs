@@ -46,8 +46,9 @@ impl Classifier {
         spec: PreprocessSpec,
         decode: DecodeOptions,
         labels: Option<Vec<String>>,
+        optimize: bool,
     ) -> Result<Self> {
-        let model = Model::load(model_path, device)?;
+        let model = Model::load(model_path, device, optimize)?;
         let (height, width) = spec.output_size();
         let mut blank = vec![0.0f32; spec.image_len()];
         let probe = model

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use tch::{CModule, Kind, TchError, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use crate::error::{Error, Result};
+use crate::torchscript::{LoadError, ScriptModule};
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +76,7 @@ impl Device {
 /// A TorchScript module in eval mode on its device.
 #[derive(Debug)]
 pub struct Model {
-    module: CModule,
+    module: ScriptModule,
     device: Device,
     path: PathBuf,
 }
@@ -90,8 +91,9 @@ pub struct Logits {
 }
 
 impl Model {
-    /// Loads a TorchScript file (saved by `torch.jit.save`) onto `device`.
-    pub fn load(path: &Path, device: Device) -> Result<Self> {
+    /// Loads a TorchScript file (saved by `torch.jit.save`) onto `device`; with `optimize`,
+    /// frozen and optimized for inference as `torch.jit.optimize_for_inference` does.
+    pub fn load(path: &Path, device: Device, optimize: bool) -> Result<Self> {
         if !path.exists() {
             return Err(Error::NotFound {
                 what: "model file",
@@ -104,17 +106,25 @@ impl Model {
                 reason: "it is a directory; pass the TorchScript file itself".to_string(),
             });
         }
-        let tch_device = device.to_tch()?;
-        let mut module =
-            CModule::load_on_device(path, tch_device).map_err(|e| Error::ModelLoad {
-                path: path.to_path_buf(),
-                reason: format!(
+        let cuda = match device.to_tch()? {
+            tch::Device::Cuda(n) => Some(n),
+            _ => None,
+        };
+        let module = ScriptModule::load(path, cuda, optimize).map_err(|e| Error::ModelLoad {
+            path: path.to_path_buf(),
+            reason: match e {
+                LoadError::Read(message) => format!(
                     "libtorch cannot read it as TorchScript ({}); save the model with \
                      torch.jit.save(torch.jit.trace(model, example)) or torch.jit.script",
-                    torch_reason(e)
+                    trim_libtorch_message(&message)
                 ),
-            })?;
-        module.set_eval();
+                LoadError::Optimize(message) => format!(
+                    "libtorch could not freeze and optimize it for inference ({}); load it \
+                     with optimize=False (CLI: --no_optimize)",
+                    trim_libtorch_message(&message)
+                ),
+            },
+        })?;
         Ok(Self {
             module,
             device,
@@ -151,8 +161,6 @@ impl Model {
             reason,
         };
         let shape = [batch as i64, 3, height as i64, width as i64];
-        // Grad mode is per thread; this is the thread that runs the forward.
-        let _no_grad = tch::no_grad_guard();
         // SAFETY: `input` holds exactly batch*3*height*width initialised f32 values, is borrowed
         // mutably for this whole call and outlives `tensor` and every tensor derived from it,
         // which are all dropped (or copied to `data`) before returning.
@@ -174,8 +182,8 @@ impl Model {
         };
         let output = self
             .module
-            .forward_ts(&[tensor])
-            .map_err(|e| fail(torch_reason(e)))?;
+            .forward(&tensor)
+            .map_err(|e| fail(trim_libtorch_message(&e)))?;
         let size = output.size();
         if size.len() != 2 || size[0] != batch as i64 || size[1] < 1 {
             return Err(fail(format!(
@@ -198,7 +206,10 @@ impl Model {
 
 /// libtorch's message without the C++ backtrace it appends.
 fn torch_reason(error: TchError) -> String {
-    let text = error.to_string();
+    trim_libtorch_message(&error.to_string())
+}
+
+fn trim_libtorch_message(text: &str) -> String {
     let text = text
         .split("Exception raised from")
         .next()

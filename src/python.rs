@@ -233,10 +233,10 @@ impl ImageClassifier {
     #[pyo3(signature = (
         model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
-        max_pixels = DEFAULT_MAX_PIXELS, draft = false
+        max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true
     ), text_signature = "(model_path, *, device='cpu', resize=256, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
-        max_pixels=178956970, draft=False)")]
+        max_pixels=178956970, draft=False, optimize=True)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -249,6 +249,7 @@ impl ImageClassifier {
         labels: Option<LabelsArg>,
         max_pixels: u64,
         draft: bool,
+        optimize: bool,
     ) -> PyResult<Self> {
         let device: Device = device.parse()?;
         let spec = spec(resize, crop, mean, std)?;
@@ -259,7 +260,7 @@ impl ImageClassifier {
             Some(LabelsArg::Path(path)) => Some(read_labels(&path)?),
         };
         let inner = detached(py, || {
-            Classifier::load(&model_path, device, spec, decode, labels)
+            Classifier::load(&model_path, device, spec, decode, labels, optimize)
         })?;
         Ok(Self { inner })
     }

@@ -50,19 +50,23 @@ fn spec() -> PreprocessSpec {
 #[test]
 fn forward_matches_tch_on_a_copied_tensor() {
     let images = [png(90, 70, 3), png(64, 120, 7), png(200, 64, 11)];
-    let mut batch = preprocess_batch(&images, &spec(), &DecodeOptions::default());
+    let batch = preprocess_batch(&images, &spec(), &DecodeOptions::default());
     assert_eq!(batch.ok, vec![0, 1, 2]);
     let input = tch::Tensor::from_slice(&batch.data).view([3, 3, 56, 56]);
     let module = tch::CModule::load(tiny_model()).unwrap();
     let expected = tch::no_grad(|| module.forward_ts(&[input]).unwrap());
     let expected = Vec::<f32>::try_from(expected.reshape([-1])).unwrap();
 
-    let model = Model::load(&tiny_model(), Device::Cpu).unwrap();
-    let logits = model.forward(&mut batch.data, 3, 56, 56).unwrap();
-    assert_eq!(logits.classes, 10);
-    assert_eq!(logits.data.len(), 30);
-    for (a, b) in logits.data.iter().zip(&expected) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    // As saved, and frozen + optimized for inference: the same logits up to float rounding.
+    for optimize in [false, true] {
+        let model = Model::load(&tiny_model(), Device::Cpu, optimize).unwrap();
+        let mut data = batch.data.clone();
+        let logits = model.forward(&mut data, 3, 56, 56).unwrap();
+        assert_eq!(logits.classes, 10);
+        assert_eq!(logits.data.len(), 30);
+        for (a, b) in logits.data.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "optimize={optimize}: {a} vs {b}");
+        }
     }
 }
 
@@ -97,6 +101,7 @@ fn classify_keeps_one_outcome_per_input() {
         spec(),
         DecodeOptions::default(),
         Some((0..10).map(|i| format!("class {i}")).collect()),
+        true,
     )
     .unwrap();
     assert_eq!(classifier.num_classes(), 10);
@@ -118,7 +123,7 @@ fn classify_keeps_one_outcome_per_input() {
 
 #[test]
 fn load_errors_say_what_to_do() {
-    let missing = Model::load(Path::new("/nonexistent/model.pt"), Device::Cpu).unwrap_err();
+    let missing = Model::load(Path::new("/nonexistent/model.pt"), Device::Cpu, true).unwrap_err();
     assert!(
         matches!(
             missing,
@@ -134,6 +139,7 @@ fn load_errors_say_what_to_do() {
             .join("Cargo.toml")
             .as_path(),
         Device::Cpu,
+        true,
     )
     .unwrap_err();
     assert!(matches!(not_torchscript, Error::ModelLoad { .. }));
@@ -147,6 +153,7 @@ fn load_errors_say_what_to_do() {
         spec(),
         DecodeOptions::default(),
         Some(vec!["only one".into()]),
+        true,
     )
     .unwrap_err();
     assert!(

@@ -184,3 +184,22 @@ def test_photo_files_are_the_committed_recipe(photos: dict[str, bytes]) -> None:
     # The sample set holds JPEG and PNG photos and at least one grayscale image.
     modes = {Image.open(io.BytesIO(d)).mode for d in photos.values()}
     assert {"RGB", "L"} <= modes and len(photos) == len(list(IMAGES.iterdir()))
+
+
+def test_the_optimized_model_answers_as_torch_optimizes_it(photos: dict[str, bytes]) -> None:
+    """optimize=True (the default) is torch.jit.optimize_for_inference(torch.jit.freeze(...)):
+    the same logits as torch's own optimized module, and as the model run as saved, up to float
+    rounding."""
+    data = list(photos.values())
+    optimized = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+    as_saved = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, optimize=False)
+    inputs = torch.from_numpy(bmf.preprocess(data, mean=DEMO_MEAN, std=DEMO_STD))
+    model = torch.jit.load(str(DEMO_MODEL)).eval()
+    torch_optimized = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+    with torch.no_grad():
+        expected = torch_optimized(inputs).numpy()
+    ours = optimized.logits(data)
+    assert ours.shape == (len(data), 1000)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    np.testing.assert_allclose(ours, as_saved.logits(data), atol=1e-4)
+    assert (ours.argmax(1) == expected.argmax(1)).all()

@@ -76,6 +76,7 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         labels=args.labels,
         top_k=args.top_k,
         draft=args.draft,
+        optimize=not args.no_optimize,
         min_batch_size=args.batch_size,
         max_batch_size=args.batch_size,
     )

@@ -44,6 +44,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             ``model_path`` holds; it is traced once at load and then run by the Rust core.
         draft: Decode JPEGs much larger than needed at a reduced DCT scale (faster; answers may
             differ slightly from the PIL recipe).
+        optimize: Run the model frozen and optimized for inference (the default); ``False``
+            runs it as saved.
         min_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_duration_secs: Passed to Beam's ``BatchElements`` (streaming).
@@ -64,6 +66,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         top_k: int = 5,
         model_name: str | None = None,
         draft: bool = False,
+        optimize: bool = True,
         min_batch_size: int | None = None,
         max_batch_size: int | None = None,
         max_batch_duration_secs: int | None = None,
@@ -89,6 +92,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         self._top_k = top_k
         self._model_name = model_name
         self._draft = draft
+        self._optimize = optimize
         self._metrics: _Metrics | None = None
 
     def load_model(self) -> ImageClassifier:
@@ -107,6 +111,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             std=self._std,
             labels=_local_copy(self._labels) if isinstance(self._labels, str) else self._labels,
             draft=self._draft,
+            optimize=self._optimize,
         )
 
     def run_inference(

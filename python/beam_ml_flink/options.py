@@ -126,6 +126,11 @@ class ImageClassificationOptions(PipelineOptions):
             "about 3x faster on camera-size photos; answers may differ slightly from the recipe.",
         )
         parser.add_argument(
+            "--no_optimize",
+            action="store_true",
+            help="Run the model as saved instead of frozen and optimized for inference.",
+        )
+        parser.add_argument(
             "--show",
             type=int,
             default=0,

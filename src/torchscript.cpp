@@ -1,0 +1,68 @@
+// The TorchScript calls that tch does not expose: load a module, freeze it and optimize it for
+// inference (what torch.jit.freeze and torch.jit.optimize_for_inference do in Python), and run
+// its forward. A C ABI for src/torchscript.rs; every C++ exception becomes an error string.
+#include <torch/script.h>
+
+#include <cstring>
+#include <string>
+
+namespace {
+char* copy_message(const std::string& message) {
+  char* out = static_cast<char*>(std::malloc(message.size() + 1));
+  if (out != nullptr) std::memcpy(out, message.c_str(), message.size() + 1);
+  return out;
+}
+}  // namespace
+
+extern "C" {
+
+// device: -1 for the CPU, else a CUDA index. Returns nullptr and sets *error on failure, and
+// *optimize_failed when the module loaded but could not be optimized.
+void* bmf_module_load(const char* path, int device, int optimize, int* optimize_failed,
+                      char** error) {
+  try {
+    c10::Device where = device < 0 ? c10::Device(c10::kCPU)
+                                   : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+    auto module = torch::jit::load(std::string(path), where);
+    module.eval();
+    if (optimize) {
+      try {
+        module = torch::jit::optimize_for_inference(module);
+      } catch (const std::exception& e) {
+        *optimize_failed = 1;
+        throw;
+      }
+    }
+    return new torch::jit::Module(std::move(module));
+  } catch (const std::exception& e) {
+    *error = copy_message(e.what());
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+  }
+  return nullptr;
+}
+
+// Runs forward(input) with inference mode on; the result must be a tensor.
+at::Tensor* bmf_module_forward(void* module, const at::Tensor* input, char** error) {
+  try {
+    c10::InferenceMode guard;
+    auto* m = static_cast<torch::jit::Module*>(module);
+    auto output = m->forward({*input});
+    if (!output.isTensor()) {
+      *error = copy_message("the model returned " + output.tagKind() +
+                            ", not a tensor; an image classifier must return a logits tensor");
+      return nullptr;
+    }
+    return new at::Tensor(output.toTensor());
+  } catch (const std::exception& e) {
+    *error = copy_message(e.what());
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+  }
+  return nullptr;
+}
+
+void bmf_module_free(void* module) { delete static_cast<torch::jit::Module*>(module); }
+
+void bmf_error_free(char* error) { std::free(error); }
+}
