@@ -215,13 +215,17 @@ test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and c
 lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
-	$(BIN)/ruff check python tests data
-	$(BIN)/ruff format --check python tests data
+	$(BIN)/ruff check python tests data bench
+	$(BIN)/ruff format --check python tests data bench
 	$(PY) -m mypy.stubtest beam_ml_flink._core
 
 .PHONY: bench-core
 bench-core: init ## Preprocessing and classify speed against the PIL + torchvision recipe
 	$(PY) bench/bench_core.py
+
+.PHONY: bench
+bench: init $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS)
+	$(SERVICES) --flink-conf data/flink-conf.yaml -- $(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)

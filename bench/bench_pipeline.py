@@ -1,0 +1,382 @@
+"""The Beam pipeline, side by side: the stock PyTorch path, ours, and the bare model.
+
+Run by `make bench`. On the same images, the same TorchScript model and the same threads, in one
+run, rounds alternate the contenders so that machine noise hits all of them:
+
+- stock: PIL + torchvision preprocessing in a Beam Map, then Beam's own
+  PytorchModelHandlerTensor(torch_script_model_path=...) in RunInference (batch 32);
+- stock optimized: the same, its model loaded through torch.jit.optimize_for_inference(freeze());
+- ours: ImageClassifierHandler in RunInference (bytes in, one Rust call per batch; the model
+  optimized for inference, its default), and ours unoptimized (optimize=False);
+- limit: the bare model forward on ready tensors of batch 32, as saved, and limit optimized.
+
+Every contender runs in a child process, so that its peak RSS is its own. Writes
+bench/results/pipeline.md and pipeline.png and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "build" / "bench"
+IMAGES = ROOT / "data" / "images"
+BATCH = 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODELS = {
+    # name: (file, mean, std)
+    "mobilenet_v2": (WORK / "mobilenet_v2.pt", IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": (
+        ROOT / "data" / "models" / "efficientnet_lite0.pt",
+        (0.5,) * 3,
+        (0.5,) * 3,
+    ),
+}
+CONTENDERS = [
+    "stock",
+    "stock optimized",
+    "ours",
+    "ours unoptimized",
+    "limit",
+    "limit optimized",
+]
+
+
+def make_inputs() -> dict[str, list[str]]:
+    """256 photos of 640x427 (crops of the real sample photos, flipped and shifted, as JPEG) and
+    32 camera-size 4032x3024 JPEGs (the photos upscaled), written once under build/bench."""
+    from PIL import Image, ImageOps
+
+    sets = {"256 photos 640x427": WORK / "photos", "32 photos 4032x3024": WORK / "camera"}
+    sources = [Image.open(p).convert("RGB") for p in sorted(IMAGES.iterdir())]
+    rng = random.Random(0)
+    if not (sets["256 photos 640x427"] / "255.jpg").exists():
+        sets["256 photos 640x427"].mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            image = sources[i % len(sources)]
+            scale = max(640 / image.width, 427 / image.height) * rng.uniform(1.0, 1.4)
+            image = image.resize((round(image.width * scale), round(image.height * scale)))
+            left = rng.randint(0, image.width - 640)
+            top = rng.randint(0, image.height - 427)
+            image = image.crop((left, top, left + 640, top + 427))
+            if i % 2:
+                image = ImageOps.mirror(image)
+            image.save(sets["256 photos 640x427"] / f"{i}.jpg", quality=90)
+    if not (sets["32 photos 4032x3024"] / "31.jpg").exists():
+        sets["32 photos 4032x3024"].mkdir(parents=True, exist_ok=True)
+        for i in range(32):
+            image = sources[i % len(sources)].resize((4032, 3024), Image.Resampling.BICUBIC)
+            image.save(sets["32 photos 4032x3024"] / f"{i}.jpg", quality=90)
+    return {name: sorted(str(p) for p in folder.glob("*.jpg")) for name, folder in sets.items()}
+
+
+def make_models() -> None:
+    """The traced torchvision mobilenet_v2 with random weights (seed 0)."""
+    path = MODELS["mobilenet_v2"][0]
+    if path.exists():
+        return
+    import torch
+    from torchvision import models
+
+    torch.manual_seed(0)
+    model = models.mobilenet_v2().eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), str(path))
+
+
+# --- what a child process runs ---------------------------------------------------------------
+
+
+def stock_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runner: str) -> dict:
+    import apache_beam as beam
+    import torch
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
+    from PIL import Image
+    from torchvision import transforms
+
+    recipe = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+    def preprocess(path: str):
+        with FileSystems.open(path) as f:
+            return path, recipe(Image.open(io.BytesIO(f.read())).convert("RGB"))
+
+    class OptimizedHandler(PytorchModelHandlerTensor):
+        def load_model(self):
+            loaded = super().load_model()
+            return torch.jit.optimize_for_inference(torch.jit.freeze(loaded))
+
+    handler_class = OptimizedHandler if optimize else PytorchModelHandlerTensor
+    handler = handler_class(
+        torch_script_model_path=model, device="CPU", min_batch_size=BATCH, max_batch_size=BATCH
+    )
+    return _run(
+        runner,
+        lambda p: (
+            p
+            | beam.Create(paths)
+            | beam.Map(preprocess)
+            | RunInference(KeyedModelHandler(handler))
+            | beam.Map(lambda kv: (kv[0], int(kv[1].inference.argmax())))
+        ),
+    )
+
+
+def ours_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runner: str) -> dict:
+    import apache_beam as beam
+
+    from beam_ml_flink.beam import ImageClassifierHandler
+    from beam_ml_flink.pipeline import ClassifyImages
+
+    handler = ImageClassifierHandler(
+        model,
+        mean=mean,
+        std=std,
+        top_k=1,
+        optimize=optimize,
+        min_batch_size=BATCH,
+        max_batch_size=BATCH,
+    )
+    return _run(
+        runner,
+        lambda p: (
+            (p | beam.Create(paths) | ClassifyImages(handler)).predictions
+            | beam.Map(lambda kv: (kv[0], kv[1].top_k[0][0]))
+        ),
+    )
+
+
+def _run(runner: str, build) -> dict:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    out = WORK / f"top1-{os.getpid()}"
+    start = time.perf_counter()
+    options = PipelineOptions([f"--runner={runner}", *_runner_args(runner)])
+    with beam.Pipeline(options=options) as p:
+        _ = build(p) | beam.Map(json.dumps) | beam.io.WriteToText(str(out), shard_name_template="")
+    seconds = time.perf_counter() - start
+    top1 = dict(json.loads(line) for line in Path(out).read_text().splitlines())
+    Path(out).unlink()
+    return {"seconds": seconds, "top1": top1}
+
+
+def _runner_args(runner: str) -> list[str]:
+    if runner == "FlinkRunner":
+        return [
+            "--flink_version=1.19",
+            f"--flink_job_server_jar={os.environ['FLINK_JOB_SERVER_JAR']}",
+            "--environment_type=LOOPBACK",
+        ]
+    return []
+
+
+def bare_forward(paths: list[str], model: str, mean, std, optimize: bool, runner: str) -> dict:
+    import torch
+
+    import beam_ml_flink as bmf
+
+    module = torch.jit.load(model).eval()
+    if optimize:
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+    # Ready tensors: the images preprocessed before the clock starts.
+    batches = []
+    for i in range(0, len(paths), BATCH):
+        data = [Path(p).read_bytes() for p in paths[i : i + BATCH]]
+        batches.append(torch.from_numpy(bmf.preprocess(data, mean=mean, std=std)))
+    with torch.no_grad():
+        module(batches[0][:2])
+        start = time.perf_counter()
+        top1 = {}
+        for i, batch in enumerate(batches):
+            for j, index in enumerate(module(batch).argmax(1).tolist()):
+                top1[paths[i * BATCH + j]] = index
+    return {"seconds": time.perf_counter() - start, "top1": top1}
+
+
+CHILD = {
+    "stock": (stock_pipeline, False),
+    "stock optimized": (stock_pipeline, True),
+    "ours": (ours_pipeline, True),
+    "ours unoptimized": (ours_pipeline, False),
+    "limit": (bare_forward, False),
+    "limit optimized": (bare_forward, True),
+}
+
+
+def child_main(spec: str) -> None:
+    job = json.loads(spec)
+    run, optimize = CHILD[job["contender"]]
+    paths = job["paths"]
+    result = run(
+        paths, job["model"], tuple(job["mean"]), tuple(job["std"]), optimize, job["runner"]
+    )
+    print(json.dumps(result))
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+def run_child(job: dict) -> dict:
+    """Runs one contender in a fresh process: its time, its answers and its peak RSS."""
+    out_path = WORK / f"child-{os.getpid()}.json"
+    err_path = WORK / f"child-{os.getpid()}.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        pid = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(job)], stdout=out, stderr=err
+        ).pid
+        _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{job['contender']} failed:\n{err_path.read_text()[-3000:]}")
+    result = json.loads(out_path.read_text().strip().splitlines()[-1])
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runners", default="DirectRunner", help="comma-separated Beam runners")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child)
+        return
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    make_models()
+    inputs = make_inputs()
+    contenders = args.contenders.split(",")
+    rows = []
+    for runner in args.runners.split(","):
+        for model_name in args.models.split(","):
+            model, mean, std = MODELS[model_name]
+            for set_name, paths in inputs.items():
+                results: dict[str, list[dict]] = {c: [] for c in contenders}
+                for round_ in range(args.repeats):
+                    order = contenders if round_ % 2 == 0 else contenders[::-1]
+                    for contender in order:
+                        if contender.startswith("limit") and runner != "DirectRunner":
+                            continue
+                        job = {
+                            "contender": contender,
+                            "paths": paths,
+                            "model": str(model),
+                            "mean": mean,
+                            "std": std,
+                            "runner": runner,
+                        }
+                        result = run_child(job)
+                        results[contender].append(result)
+                        print(
+                            f"{runner} {model_name} {set_name} {contender}: "
+                            f"{len(paths) / result['seconds']:.1f} images/s, "
+                            f"{result['peak_rss_mb']:.0f} MB",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                rows.append(summarize(runner, model_name, set_name, len(paths), results))
+    write_results(rows, args.repeats)
+
+
+def summarize(runner: str, model: str, images: str, count: int, results: dict) -> dict:
+    rates = {c: sorted(count / r["seconds"] for r in runs) for c, runs in results.items() if runs}
+    rss = {c: max(r["peak_rss_mb"] for r in runs) for c, runs in results.items() if runs}
+    stock_top1 = results["stock"][0]["top1"] if results.get("stock") else None
+    agree = None
+    if stock_top1 and results.get("ours"):
+        ours = results["ours"][0]["top1"]
+        agree = sum(ours[k] == v for k, v in stock_top1.items())
+    return {
+        "runner": runner,
+        "model": model,
+        "images": images,
+        "count": count,
+        "rates": {c: (statistics.median(r), r[0], r[-1]) for c, r in rates.items()},
+        "rss": rss,
+        "top1_agree": agree,
+    }
+
+
+def write_results(rows: list[dict], repeats: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}. "
+        f"Batch {BATCH}; images/s as median (min-max) of {repeats} runs per contender, the "
+        "contenders alternating; peak RSS of each contender's process.",
+        "",
+        "| runner | model | images | contender | images/s | vs stock | vs limit | peak RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        stock = row["rates"].get("stock", (None,))[0]
+        limit = row["rates"].get("limit", (None,))[0]
+        for contender, (median, low, high) in row["rates"].items():
+            vs_stock = f"{median / stock:.2f}x" if stock else ""
+            vs_limit = f"{median / limit:.0%}" if limit else ""
+            lines.append(
+                f"| {row['runner']} | {row['model']} | {row['images']} | {contender} | "
+                f"{median:.1f} ({low:.1f}-{high:.1f}) | {vs_stock} | {vs_limit} | "
+                f"{row['rss'][contender]:.0f} |"
+            )
+        if row["top1_agree"] is not None:
+            lines.append(
+                f"| | | | top-1 of ours = stock's | {row['top1_agree']}/{row['count']} "
+                "images | | | |"
+            )
+    table = "\n".join(lines) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.md").write_text(table)
+    print(table)
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        names = list(row["rates"])
+        medians = [row["rates"][n][0] for n in names]
+        ax.barh(
+            names,
+            medians,
+            color=["#999" if n.startswith(("stock", "limit")) else "#2a7" for n in names],
+        )
+        ax.invert_yaxis()
+        ax.set_title(f"{row['runner']}\n{row['model']}, {row['images']}", fontsize=9)
+        ax.set_xlabel("images/s (median)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pipeline.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
