@@ -233,10 +233,11 @@ impl ImageClassifier {
     #[pyo3(signature = (
         model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
-        max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true
+        max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
+        forward_batch_size = None
     ), text_signature = "(model_path, *, device='cpu', resize=256, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
-        max_pixels=178956970, draft=False, optimize=True)")]
+        max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -250,6 +251,7 @@ impl ImageClassifier {
         max_pixels: u64,
         draft: bool,
         optimize: bool,
+        forward_batch_size: Option<usize>,
     ) -> PyResult<Self> {
         let device: Device = device.parse()?;
         let spec = spec(resize, crop, mean, std)?;
@@ -260,7 +262,15 @@ impl ImageClassifier {
             Some(LabelsArg::Path(path)) => Some(read_labels(&path)?),
         };
         let inner = detached(py, || {
-            Classifier::load(&model_path, device, spec, decode, labels, optimize)
+            Classifier::load(
+                &model_path,
+                device,
+                spec,
+                decode,
+                labels,
+                optimize,
+                forward_batch_size,
+            )
         })?;
         Ok(Self { inner })
     }

@@ -102,6 +102,7 @@ fn classify_keeps_one_outcome_per_input() {
         DecodeOptions::default(),
         Some((0..10).map(|i| format!("class {i}")).collect()),
         true,
+        None,
     )
     .unwrap();
     assert_eq!(classifier.num_classes(), 10);
@@ -119,6 +120,69 @@ fn classify_keeps_one_outcome_per_input() {
         classifier.label(first[0].index),
         Some(format!("class {}", first[0].index).as_str())
     );
+}
+
+#[test]
+fn forward_in_parts_answers_as_one_forward() {
+    let load = |forward_batch| {
+        Classifier::load(
+            &tiny_model(),
+            Device::Cpu,
+            spec(),
+            DecodeOptions::default(),
+            None,
+            true,
+            Some(forward_batch),
+        )
+        .unwrap()
+    };
+    let whole = load(64);
+    let images: Vec<Vec<u8>> = (0..11)
+        .map(|i| {
+            if i % 4 == 1 {
+                b"not an image".to_vec()
+            } else {
+                png(60 + i, 50 + 2 * i, i + 1)
+            }
+        })
+        .collect();
+    let expected = whole.classify(&images, 10);
+    for forward_batch in [1, 3, 4, 11] {
+        let outcomes = load(forward_batch).classify(&images, 10);
+        assert_eq!(outcomes.len(), images.len());
+        for (i, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
+            match (got, want) {
+                (Outcome::Classified(got), Outcome::Classified(want)) => {
+                    for (g, w) in got.iter().zip(want) {
+                        assert_eq!(g.index, w.index, "image {i}, parts of {forward_batch}");
+                        assert!((g.probability - w.probability).abs() < 1e-5);
+                    }
+                }
+                (Outcome::Failed(got), Outcome::Failed(want)) => assert_eq!(got, want),
+                _ => panic!("image {i}, parts of {forward_batch}: {got:?} != {want:?}"),
+            }
+        }
+    }
+    // logits: the first bad image is named by its index in the whole input.
+    let err = load(3).logits(&images).unwrap_err();
+    assert!(err.to_string().starts_with("image 1:"), "{err}");
+    let good: Vec<&Vec<u8>> = images.iter().filter(|b| b.len() > 20).collect();
+    let (a, b) = (load(3).logits(&good).unwrap(), whole.logits(&good).unwrap());
+    assert_eq!(a.data.len(), good.len() * 10);
+    for (x, y) in a.data.iter().zip(&b.data) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+    let zero = Classifier::load(
+        &tiny_model(),
+        Device::Cpu,
+        spec(),
+        DecodeOptions::default(),
+        None,
+        true,
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(zero.to_string().contains("at least 1"), "{zero}");
 }
 
 #[test]
@@ -154,6 +218,7 @@ fn load_errors_say_what_to_do() {
         DecodeOptions::default(),
         Some(vec!["only one".into()]),
         true,
+        None,
     )
     .unwrap_err();
     assert!(

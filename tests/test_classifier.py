@@ -203,3 +203,28 @@ def test_the_optimized_model_answers_as_torch_optimizes_it(photos: dict[str, byt
     np.testing.assert_allclose(ours, expected, atol=1e-4)
     np.testing.assert_allclose(ours, as_saved.logits(data), atol=1e-4)
     assert (ours.argmax(1) == expected.argmax(1)).all()
+
+
+def test_a_batch_run_in_parts_answers_as_one_forward(photos: dict[str, bytes]) -> None:
+    """forward_batch_size splits a call into several forward passes (8 by default on the CPU):
+    the answers are the one-pass ones, failures stay at their index."""
+    data = [*photos.values(), b"not an image", *photos.values()]
+    one_pass = bmf.ImageClassifier(
+        DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=len(data)
+    )
+    expected = one_pass.classify(data, top_k=3)
+    for size in (None, 1, 5):
+        parts = bmf.ImageClassifier(
+            DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=size
+        )
+        got = parts.classify(data, top_k=3)
+        assert [r.ok for r in got] == [r.ok for r in expected]
+        assert not got[len(photos)].ok
+        assert got[len(photos)].error == expected[len(photos)].error
+        for a, b in zip(got, expected, strict=True):
+            assert [i for i, _, _ in a.top_k] == [i for i, _, _ in b.top_k]
+            np.testing.assert_allclose(
+                [p for *_, p in a.top_k], [p for *_, p in b.top_k], atol=1e-5
+            )
+    with pytest.raises(ValueError, match="at least 1"):
+        bmf.ImageClassifier(DEMO_MODEL, forward_batch_size=0)

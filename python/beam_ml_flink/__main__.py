@@ -77,6 +77,7 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         top_k=args.top_k,
         draft=args.draft,
         optimize=not args.no_optimize,
+        forward_batch_size=args.forward_batch_size,
         min_batch_size=args.batch_size,
         max_batch_size=args.batch_size,
     )
