@@ -209,9 +209,14 @@ impl Classifier {
         };
         let mut current = self.preprocess(first);
         let mut offset = 0;
-        for next in parts {
-            let (logits, next) =
-                rayon::join(|| self.forward(&mut current), || self.preprocess(next));
+        for next_images in parts {
+            // The forward stays on the calling thread, whose OpenMP team libtorch reuses.
+            let mut next = None;
+            let logits = rayon::in_place_scope(|scope| {
+                scope.spawn(|_| next = Some(self.preprocess(next_images)));
+                self.forward(&mut current)
+            });
+            let next = next.expect("the scope ran the preprocessing");
             each(offset, std::mem::replace(&mut current, next), logits);
             offset += size;
         }
