@@ -53,7 +53,7 @@ CONTENDERS = [
     "ours unoptimized",
     "limit",
     "limit optimized",
-    "limit optimized, passes of 8",
+    "limit optimized (passes of 8)",
 ]
 
 
@@ -250,7 +250,7 @@ CHILD = {
     "ours unoptimized": (ours_pipeline, False),
     "limit": (bare_forward, False),
     "limit optimized": (bare_forward, True),
-    "limit optimized, passes of 8": (partial(bare_forward, passes_of=8), True),
+    "limit optimized (passes of 8)": (partial(bare_forward, passes_of=8), True),
 }
 
 
