@@ -218,7 +218,21 @@ fn trim_libtorch_message(text: &str) -> String {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("frame #"))
-        .take(6)
         .collect();
-    lines.join(" ")
+    // The TorchScript interpreter puts its own traceback of the model's code before the error
+    // ("RuntimeError: ..."): the error is what a user can act on.
+    let error = lines.iter().rposition(|l| {
+        l.split_once(": ")
+            .is_some_and(|(kind, _)| kind.ends_with("Error") && !kind.contains(' '))
+    });
+    let interpreter = lines
+        .first()
+        .is_some_and(|l| l.contains("TorchScript interpreter"));
+    let start = if interpreter { error.unwrap_or(0) } else { 0 };
+    lines[start..]
+        .iter()
+        .take(6)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

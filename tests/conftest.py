@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from make_hostile import Case, make_corpus
 from PIL import Image, ImageOps
 from torchvision import transforms
 
@@ -89,20 +90,12 @@ def demo_top1(photos: dict[str, bytes]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, str]:
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    """The hostile and odd inputs of data/make_hostile.py, with what must become of each."""
+    return make_corpus(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="session")
+def bad_files(hostile: list[Case]) -> dict[Path, str]:
     """Inputs that cannot be classified, each with a phrase its failure reason must contain."""
-    root = tmp_path_factory.mktemp("bad")
-    china = (IMAGES / "china.jpg").read_bytes()
-    files = {
-        root / "empty.jpg": (b"", "empty"),
-        root / "noise.png": (np.random.default_rng(0).bytes(4096), "unrecognised image format"),
-        root / "truncated.jpg": (china[: len(china) // 3], "ends before the image is complete"),
-        root / "notes.txt": (b"not an image\n", "unrecognised image format"),
-    }
-    for path, (data, _) in files.items():
-        path.write_bytes(data)
-    (root / "folder.jpg").mkdir()
-    reasons = {path: phrase for path, (_, phrase) in files.items()}
-    reasons[root / "folder.jpg"] = "is a directory"
-    reasons[root / "missing.jpg"] = "no such file"
-    return reasons
+    return {case.path: case.phrase for case in hostile if case.phrase is not None}

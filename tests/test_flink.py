@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from make_hostile import Case
 from test_cli import classify, demo_args, image_list, read_jsonl
 
 from beam_ml_flink import services
@@ -37,9 +38,9 @@ def flink_parts() -> None:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, bad_files: dict[Path, str]) -> Path:
-    """An image list of the real photos and every kind of bad file."""
-    names = [str(p) for p in sorted(IMAGES.iterdir())] + [str(p) for p in bad_files]
+def inputs(tmp_path_factory: pytest.TempPathFactory, hostile: list[Case]) -> Path:
+    """An image list of the real photos and the corpus of hostile and odd inputs."""
+    names = [str(p) for p in sorted(IMAGES.iterdir())] + [str(c.path) for c in hostile]
     return image_list(tmp_path_factory.mktemp("inputs"), names)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from beam_ml_flink._core import Error
 from beam_ml_flink.beam import METRICS_NAMESPACE, ImageClassifierHandler
 from beam_ml_flink.options import (
     STATE_DICT_RESIZE,
@@ -83,9 +85,24 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     )
 
 
+def check_model(args: argparse.Namespace) -> None:
+    """Loads a local model once, on the CPU, before the pipeline starts: a model the workers could
+    not use (not TorchScript, not a classifier, the wrong input size or labels) stops the command
+    with its reason and exit code 2, instead of failing every worker."""
+    model = args.model_path or args.model_state_dict_path
+    if not os.path.isfile(model):
+        return  # a remote URI: the workers read it
+    try:
+        handler_for(argparse.Namespace(**{**vars(args), "device": "cpu"})).load_model()
+    except (Error, ValueError, OSError) as e:
+        sys.stderr.write(f"python -m beam_ml_flink: error: {e}\n")
+        sys.exit(2)
+
+
 def run(argv: Sequence[str] | None = None) -> PipelineResult:
     """Builds and runs the pipeline, waits for it, and logs a summary."""
     args, options = parse(sys.argv[1:] if argv is None else argv)
+    check_model(args)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     uris = image_uris(pipeline, args.input, args.images_dir)
