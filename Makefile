@@ -219,6 +219,11 @@ lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
 	$(BIN)/ruff format --check python tests data bench
 	$(PY) -m mypy.stubtest beam_ml_flink._core
 
+.PHONY: soak
+soak: init ## Resident memory over 20,000 images through classify, and one batch of 64 camera JPEGs
+	$(PY) tests/soak.py soak
+	$(PY) tests/soak.py camera
+
 .PHONY: bench-core
 bench-core: init ## Preprocessing and classify speed against the PIL + torchvision recipe
 	$(PY) bench/bench_core.py

@@ -143,7 +143,7 @@ def measure_classify(repeats: int) -> dict:
             "bare forward, optimized, 1 intra-op thread": _forward(optimized, [batch], 1),
             "bare forward, optimized, 4 passes of 8": _forward(optimized, batch.split(8), cores),
             "`classify`, one forward pass of 32": one_pass.classify,
-            "`classify` (passes of 8, decoding overlapped)": classifier.classify,
+            "`classify` (passes of 8, the default)": classifier.classify,
         }
         for name, run in variants.items():
             out[f"{model_name}|{name}"] = median_ms_per_image(run, images, repeats) * len(images)

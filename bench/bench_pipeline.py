@@ -261,7 +261,17 @@ def child_main(spec: str) -> None:
     result = run(
         paths, job["model"], tuple(job["mean"]), tuple(job["std"]), optimize, job["runner"]
     )
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # --- the parent ------------------------------------------------------------------------------
@@ -272,15 +282,12 @@ def run_child(job: dict) -> dict:
     out_path = WORK / f"child-{os.getpid()}.json"
     err_path = WORK / f"child-{os.getpid()}.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        pid = subprocess.Popen(
+        child = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(job)], stdout=out, stderr=err
-        ).pid
-        _, status, usage = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+        )
+    if child.returncode != 0:
         raise RuntimeError(f"{job['contender']} failed:\n{err_path.read_text()[-3000:]}")
-    result = json.loads(out_path.read_text().strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
+    return json.loads(out_path.read_text().strip().splitlines()[-1])
 
 
 def cpu_model() -> str:

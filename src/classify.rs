@@ -1,6 +1,7 @@
 //! The image classifier: a model, its preprocessing recipe and its labels; a batch of encoded
 //! images in, per image either its top-k classes or the reason it failed.
 
+use std::ops::Range;
 use std::path::Path;
 
 use crate::batch::{preprocess_batch, Batch};
@@ -142,97 +143,60 @@ impl Classifier {
 
     /// Logits of every image; the first bad image fails the call, naming its index.
     pub fn logits<B: AsRef<[u8]> + Sync>(&self, images: &[B]) -> Result<Logits> {
+        let mut batch = self.preprocess(images).into_complete()?;
         let mut data = Vec::with_capacity(images.len() * self.num_classes);
-        let mut first_error = None;
-        self.run_in_parts(images, |offset, batch, logits| {
-            if first_error.is_some() {
-                return;
-            }
-            if let Some((index, source)) = batch.failures.into_iter().next() {
-                first_error = Some(Error::Item {
-                    index: offset + index,
-                    source: Box::new(source),
-                });
-                return;
-            }
-            match logits {
-                Ok(logits) => data.extend_from_slice(&logits.data),
-                Err(error) => first_error = Some(error),
-            }
-        });
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(Logits {
-                data,
-                classes: self.num_classes,
-            }),
+        for (_, logits) in self.forward_in_parts(&mut batch) {
+            data.extend_from_slice(&logits?.data);
         }
+        Ok(Logits {
+            data,
+            classes: self.num_classes,
+        })
     }
 
     /// Top-k classes of every image that decodes; a bad image, or a failed forward pass, is a
     /// [`Outcome::Failed`] for the images concerned and never fails the call.
     pub fn classify<B: AsRef<[u8]> + Sync>(&self, images: &[B], top_k: usize) -> Vec<Outcome> {
+        let mut batch = self.preprocess(images);
         let mut outcomes = vec![Outcome::Failed(String::new()); images.len()];
-        self.run_in_parts(images, |offset, batch, logits| {
-            for (index, error) in batch.failures {
-                outcomes[offset + index] = Outcome::Failed(error.to_string());
-            }
+        for (index, error) in batch.failures.drain(..) {
+            outcomes[index] = Outcome::Failed(error.to_string());
+        }
+        for (part, logits) in self.forward_in_parts(&mut batch) {
+            let indices = &batch.ok[part];
             match logits {
                 Ok(logits) => {
-                    for (row, &index) in logits.data.chunks_exact(logits.classes).zip(&batch.ok) {
-                        outcomes[offset + index] = Outcome::Classified(top_classes(row, top_k));
+                    for (row, &index) in logits.data.chunks_exact(logits.classes).zip(indices) {
+                        outcomes[index] = Outcome::Classified(top_classes(row, top_k));
                     }
                 }
                 Err(error) => {
                     let reason = error.to_string();
-                    for &index in &batch.ok {
-                        outcomes[offset + index] = Outcome::Failed(reason.clone());
+                    for &index in indices {
+                        outcomes[index] = Outcome::Failed(reason.clone());
                     }
                 }
             }
-        });
+        }
         outcomes
     }
 
-    /// Preprocesses and runs `images` in parts of at most `forward_batch` images, preparing part
-    /// k+1 on rayon's pool while part k runs through the model; `each` gets every part in order
-    /// with the input index of its first image.
-    fn run_in_parts<B: AsRef<[u8]> + Sync>(
-        &self,
-        images: &[B],
-        mut each: impl FnMut(usize, Batch, Result<Logits>),
-    ) {
-        let size = self.forward_batch.unwrap_or(images.len()).max(1);
-        let mut parts = images.chunks(size);
-        let Some(first) = parts.next() else {
-            return;
-        };
-        let mut current = self.preprocess(first);
-        let mut offset = 0;
-        for next_images in parts {
-            // The forward stays on the calling thread, whose OpenMP team libtorch reuses.
-            let mut next = None;
-            let logits = rayon::in_place_scope(|scope| {
-                scope.spawn(|_| next = Some(self.preprocess(next_images)));
-                self.forward(&mut current)
-            });
-            let next = next.expect("the scope ran the preprocessing");
-            each(offset, std::mem::replace(&mut current, next), logits);
-            offset += size;
-        }
-        let logits = self.forward(&mut current);
-        each(offset, current, logits);
-    }
-
-    fn forward(&self, batch: &mut Batch) -> Result<Logits> {
-        if batch.ok.is_empty() {
-            return Ok(Logits {
-                data: Vec::new(),
-                classes: self.num_classes,
-            });
-        }
-        self.model
-            .forward(&mut batch.data, batch.ok.len(), batch.height, batch.width)
+    /// Runs the preprocessed images through the model in passes of at most `forward_batch`;
+    /// each pass's positions in `batch.ok`, with its logits or its error.
+    fn forward_in_parts(&self, batch: &mut Batch) -> Vec<(Range<usize>, Result<Logits>)> {
+        let count = batch.ok.len();
+        let size = self.forward_batch.unwrap_or(count).max(1);
+        let image_len = 3 * batch.height * batch.width;
+        batch
+            .data
+            .chunks_mut(size * image_len)
+            .enumerate()
+            .map(|(i, part)| {
+                let images = part.len() / image_len;
+                let logits = self.model.forward(part, images, batch.height, batch.width);
+                (i * size..i * size + images, logits)
+            })
+            .collect()
     }
 }
 

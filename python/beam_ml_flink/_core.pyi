@@ -134,9 +134,9 @@ class ImageClassifier:
             ``torch.jit.optimize_for_inference(torch.jit.freeze(model))`` does (conv-bn folding,
             oneDNN kernels on the CPU): the same answers up to float rounding, often several
             times faster. ``False`` runs the model as saved.
-        forward_batch_size: The most images one forward pass takes. A larger batch runs as
-            several forward passes, each part's decoding overlapping the previous part's
-            forward, with the same answers. None: 8 on the CPU (small batches keep the
+        forward_batch_size: The most images one forward pass takes. A larger batch is decoded
+            and preprocessed at once, then runs as several forward passes, with the same
+            answers. None: 8 on the CPU (small batches keep the
             activations in the caches: 1.3-1.4x faster per image than 32 on MobileNetV2 and
             EfficientNet-Lite0), the whole batch on CUDA.
 

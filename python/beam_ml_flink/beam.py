@@ -46,9 +46,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             differ slightly from the PIL recipe).
         optimize: Run the model frozen and optimized for inference (the default); ``False``
             runs it as saved.
-        forward_batch_size: The most images per forward pass; a larger Beam batch runs as
-            several, each overlapping the next one's decoding (None: 8 on the CPU, the whole
-            batch on CUDA).
+        forward_batch_size: The most images per forward pass; a larger Beam batch, once
+            decoded, runs as several (None: 8 on the CPU, the whole batch on CUDA).
         min_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_duration_secs: Passed to Beam's ``BatchElements`` (streaming).

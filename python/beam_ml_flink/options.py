@@ -133,8 +133,8 @@ class ImageClassificationOptions(PipelineOptions):
         parser.add_argument(
             "--forward_batch_size",
             type=_positive,
-            help="Most images per forward pass; a larger batch runs as several, each overlapping "
-            "the next one's decoding (default: 8 on the CPU, the whole batch on CUDA).",
+            help="Most images per forward pass; a larger batch, once decoded, runs as several "
+            "(default: 8 on the CPU, the whole batch on CUDA).",
         )
         parser.add_argument(
             "--show",
