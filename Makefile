@@ -215,9 +215,28 @@ test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and c
 lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
-	$(BIN)/ruff check python tests data bench
-	$(BIN)/ruff format --check python tests data bench
+	$(BIN)/ruff check python tests data bench fuzz
+	$(BIN)/ruff format --check python tests data bench fuzz
 	$(PY) -m mypy.stubtest beam_ml_flink._core
+
+# Fuzzing: cargo fuzz (libFuzzer, AddressSanitizer; RUSTC_BOOTSTRAP lets the stable toolchain take
+# the sanitizer flags) over decode + preprocess, then hypothesis's fuzz profile over the Python
+# API, FUZZ_SECONDS each. Findings land in fuzz/artifacts/ and hypothesis's database.
+FUZZ_SECONDS ?= 600
+CARGO_FUZZ := $(HOME)/.cargo/bin/cargo-fuzz
+TORCH_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+
+$(CARGO_FUZZ):
+	cargo install --locked cargo-fuzz
+
+.PHONY: fuzz
+fuzz: init $(CARGO_FUZZ) ## Fuzz decode + preprocess (cargo fuzz) and the Python API (hypothesis), FUZZ_SECONDS each
+	$(PY) fuzz/make_seeds.py fuzz/corpus/decode_preprocess
+	RUSTC_BOOTSTRAP=1 LD_LIBRARY_PATH=$(TORCH_LIB) cargo fuzz run decode_preprocess -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=4096
+	end=$$((SECONDS + $(FUZZ_SECONDS))); while [ $$SECONDS -lt $$end ]; do \
+		HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_properties.py \
+			--hypothesis-seed=$$RANDOM || exit 1; done
 
 .PHONY: soak
 soak: init ## Resident memory over 20,000 images through classify, and one batch of 64 camera JPEGs
@@ -227,6 +246,10 @@ soak: init ## Resident memory over 20,000 images through classify, and one batch
 .PHONY: bench-core
 bench-core: init ## Preprocessing and classify speed against the PIL + torchvision recipe
 	$(PY) bench/bench_core.py
+
+.PHONY: bench-rust
+bench-rust: init build-tools ## criterion benches of the Rust stages: decode, resize, normalize, batch
+	PYTHONPATH=$(SITE_PACKAGES) cargo bench --locked --bench stages -- --warm-up-time 1 --measurement-time 4
 
 .PHONY: bench
 bench: init $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS)

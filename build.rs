@@ -28,6 +28,8 @@ fn main() {
     // The wheel does not ship libtorch: it loads the one inside the installed `torch` package,
     // which sits beside `beam_ml_flink/` in site-packages.
     println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
-    // Test binaries run from target/, so they get the absolute folder torch-sys linked against.
+    // Test and bench binaries run from target/, so they get the absolute folder torch-sys linked
+    // against.
     println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg-benches=-Wl,-rpath,{}", lib.display());
 }

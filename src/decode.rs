@@ -42,9 +42,15 @@ pub fn decode_rgb8(bytes: &[u8], options: &DecodeOptions) -> Result<RgbImage> {
         return decode_jpeg(bytes, options);
     }
     let name = format_name(format);
-    let decode_error = |e: image::ImageError| Error::Decode {
-        format: name,
-        reason: e.to_string(),
+    let decode_error = |e: image::ImageError| match e {
+        image::ImageError::Unsupported(e) => Error::UnsupportedFeature {
+            format: name,
+            reason: e.to_string(),
+        },
+        e => Error::Decode {
+            format: name,
+            reason: e.to_string(),
+        },
     };
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);

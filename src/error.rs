@@ -48,6 +48,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A valid file that uses a feature the decoder lacks (e.g. a palette TIFF).
+    #[error(
+        "the {format} image uses a feature the decoder does not support ({reason}); \
+         convert it to PNG or JPEG"
+    )]
+    UnsupportedFeature {
+        /// The format of the file.
+        format: &'static str,
+        /// The decoder's own words.
+        reason: String,
+    },
+
     /// The image decoded but could not be resized to the model's input.
     #[error("cannot resize the decoded {width}x{height} image: {reason}")]
     Preprocess {
@@ -123,6 +135,7 @@ impl Error {
             | Error::UnsupportedFormat { .. }
             | Error::TooLarge { .. }
             | Error::Decode { .. }
+            | Error::UnsupportedFeature { .. }
             | Error::Preprocess { .. } => true,
             Error::Item { source, .. } => source.is_decode(),
             _ => false,

@@ -140,11 +140,13 @@ impl PreprocessSpec {
             let left = center_offset(rw, self.crop);
             let sx = f64::from(width) / f64::from(rw);
             let sy = f64::from(height) / f64::from(rh);
+            // The box is clamped to the image: `crop * sx` can round past its edge (31 * 59/31).
+            let (x, y) = (f64::from(left) * sx, f64::from(top) * sy);
             options = options.crop(
-                f64::from(left) * sx,
-                f64::from(top) * sy,
-                f64::from(self.crop) * sx,
-                f64::from(self.crop) * sy,
+                x,
+                y,
+                (f64::from(self.crop) * sx).min(f64::from(width) - x),
+                (f64::from(self.crop) * sy).min(f64::from(height) - y),
             );
         }
         resizer

@@ -111,3 +111,22 @@ fn exact_resize_writes_planes_of_the_requested_size() {
     assert!(out[plane..2 * plane].iter().all(|&v| v == 0.0));
     assert!(out[2 * plane..].iter().all(|&v| (v - 0.2).abs() < 1e-6));
 }
+
+#[test]
+fn crop_box_stays_inside_the_image_whatever_the_rounding() {
+    // Found by hypothesis: a 31x31 image with Resize(59) + CenterCrop(59) put the source box at
+    // 31 * (31/59) * ... = 31.000000000000004 wide, past the edge. Every small size and side now.
+    let mut resizer = Resizer::new();
+    for (width, height) in [(31, 31), (1, 1), (7, 3), (3, 64), (63, 17)] {
+        let image = photo_like(width, height);
+        for side in 1..=80 {
+            for crop in [1, side / 2 + 1, side] {
+                let spec = PreprocessSpec::new(Resize::ShorterSide(side), crop, [0.5; 3], [0.5; 3])
+                    .unwrap();
+                let mut out = vec![0.0f32; spec.image_len()];
+                spec.write(&image, &mut out, &mut resizer)
+                    .unwrap_or_else(|e| panic!("{width}x{height}, side {side}, crop {crop}: {e}"));
+            }
+        }
+    }
+}

@@ -265,6 +265,16 @@ class LocalFlinkCluster(_Service):
                 )
             time.sleep(0.5)
 
+    def start_taskmanager(self) -> None:
+        """Starts one more TaskManager with the cluster's configuration (to replace a lost one)."""
+        subprocess.run(
+            [str(self._script("taskmanager.sh")), "start"],
+            env=self._env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+
     def pids(self, role: str) -> list[int]:
         """The live processes of a role ("standalonesession" or "taskexecutor")."""
         pids = []
