@@ -240,3 +240,18 @@ fn device_names_parse_once_with_one_message() {
         "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"
     );
 }
+
+#[test]
+fn a_decoder_panic_is_a_failure_for_that_image() {
+    // Found by `make fuzz`: png 0.18.1 panics ("range end index 3 out of range") on a PLTE chunk
+    // whose length is not a multiple of 3. The batch turns it into this image's failure.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/png-palette-length-panic.png");
+    let bad = std::fs::read(path).unwrap();
+    let good = png(40, 30, 5);
+    let batch = preprocess_batch(&[&bad[..], &good[..]], &spec(), &DecodeOptions::default());
+    assert_eq!(batch.ok, vec![1]);
+    let (index, error) = &batch.failures[0];
+    assert_eq!(*index, 0);
+    assert!(error.to_string().contains("internal error"), "{error}");
+}

@@ -1,13 +1,24 @@
-//! Any bytes through decode and preprocess: an image or an error, never a panic or a crash.
-//! Called without the per-image `catch_unwind` of the batch, so that a panic is a finding.
+//! Any bytes through decode and preprocess, as the product runs them: an image or a failure,
+//! never a crash (an abort, a memory error) and never a non-finite value.
+//!
+//! A panic inside a decoder is that image's failure in the product (the batch catches it per
+//! image), so here too: the default panic hook replaces libFuzzer's aborting one. The panics
+//! found that way are kept as regression tests (tests/model.rs).
 #![no_main]
 
-use _core::decode::{decode_rgb8, DecodeOptions};
+use std::sync::Once;
+
+use _core::batch::preprocess_batch;
+use _core::decode::DecodeOptions;
 use _core::transform::{PreprocessSpec, Resize};
-use fast_image_resize::Resizer;
 use libfuzzer_sys::fuzz_target;
 
+static PANICS_UNWIND: Once = Once::new();
+
 fuzz_target!(|data: &[u8]| {
+    PANICS_UNWIND.call_once(|| {
+        let _ = std::panic::take_hook();
+    });
     // The first byte picks the recipe, so that both resize modes and draft decoding are searched.
     let Some((&choice, bytes)) = data.split_first() else {
         return;
@@ -27,9 +38,7 @@ fuzz_target!(|data: &[u8]| {
         max_pixels: 1 << 22,
         min_size: (choice & 2 != 0).then(|| spec.min_source_size()),
     };
-    if let Ok(image) = decode_rgb8(bytes, &options) {
-        let mut out = vec![0.0f32; spec.image_len()];
-        let _ = spec.write(&image, &mut out, &mut Resizer::new());
-        assert!(out.iter().all(|x| x.is_finite()));
-    }
+    let batch = preprocess_batch(&[bytes], &spec, &options);
+    assert_eq!(batch.ok.len() + batch.failures.len(), 1);
+    assert!(batch.data.iter().all(|x| x.is_finite()));
 });
