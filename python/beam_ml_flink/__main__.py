@@ -2,6 +2,9 @@
 
     python -m beam_ml_flink --input images.txt --output out/results --model_path model.pt \
         [--labels labels.txt] [--runner DirectRunner] [any Beam pipeline option]
+
+With ``--streaming`` the input folder or glob is watched and new images are classified as they
+arrive, until ``--stop_after`` seconds have passed or the command is interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_ml_flink._core import Error
@@ -29,6 +33,14 @@ from beam_ml_flink.options import (
     without_labels_flag,
 )
 from beam_ml_flink.pipeline import ClassifyImages, image_uris, output_files, write_results
+from beam_ml_flink.services import JAVA_17_FLAGS
+from beam_ml_flink.streaming import Watch, watched_image_uris
+
+# The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
+BATCH_ONLY_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+FLINK_RUNNERS = ("FlinkRunner", "PortableRunner")
+# Flink's "forever" for --shutdown_sources_after_idle_ms (Java's Long.MAX_VALUE).
+FOREVER_MS = 2**63 - 1
 
 logger = logging.getLogger("beam_ml_flink")
 
@@ -59,7 +71,34 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     for what, path in (("model", model), ("labels file", args.labels)):
         if path and not FileSystems.exists(path):
             parser.error(f"the {what} {path} does not exist")
-    return args, PipelineOptions(without_labels_flag(list(argv)))
+    beam_argv = without_labels_flag(list(argv))
+    standard = PipelineOptions(beam_argv).view_as(StandardOptions)
+    runner = (standard.runner or "DirectRunner").split(".")[-1]
+    if runner == "FlinkRunner" and not _given(beam_argv, "job_server_jvm_properties"):
+        beam_argv += [f"--job_server_jvm_properties={flag}" for flag in JAVA_17_FLAGS]
+    if standard.streaming:
+        if runner in BATCH_ONLY_RUNNERS:
+            parser.error(
+                "--streaming needs a streaming runner: the DirectRunner runs this pipeline in "
+                "batch; use --runner PrismRunner (make run-streaming) or FlinkRunner"
+            )
+        if not (os.path.isdir(args.input) or set("*?[") & set(args.input)):
+            parser.error(
+                f"--streaming watches a folder or a glob of images; --input {args.input} is "
+                "neither (a list of images is classified without --streaming)"
+            )
+        if runner in FLINK_RUNNERS and not _given(beam_argv, "shutdown_sources_after_idle_ms"):
+            # Flink ends a job whose sources have finished, and the watch's source (an impulse)
+            # finishes at once: kept alive, it lets the watch poll until --stop_after.
+            idle_ms = round(args.stop_after * 1000) if args.stop_after else FOREVER_MS
+            beam_argv.append(f"--shutdown_sources_after_idle_ms={idle_ms}")
+    elif args.watch_models:
+        parser.error("--watch_models needs --streaming: only a running job can swap its model")
+    return args, PipelineOptions(beam_argv)
+
+
+def _given(argv: list[str], option: str) -> bool:
+    return any(a == f"--{option}" or a.startswith(f"--{option}=") for a in argv)
 
 
 def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
@@ -80,6 +119,8 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         draft=args.draft,
         optimize=not args.no_optimize,
         forward_batch_size=args.forward_batch_size,
+        watch_models=args.watch_models,
+        poll_interval=args.poll_interval,
         min_batch_size=args.batch_size,
         max_batch_size=args.batch_size,
     )
@@ -105,15 +146,43 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     check_model(args)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
-    uris = image_uris(pipeline, args.input, args.images_dir)
+    streaming = options.view_as(StandardOptions).streaming
+    if streaming:
+        watch = Watch(args.poll_interval, args.window_size, args.stop_after)
+        uris = watched_image_uris(pipeline, args.input, watch)
+    else:
+        uris = image_uris(pipeline, args.input, args.images_dir)
     classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
     write_results(classified, args.output, args.output_format)
     result = pipeline.run()
-    result.wait_until_finish()
+    if streaming:
+        wait_or_cancel(result)
+    else:
+        result.wait_until_finish()
     log_summary(result, time.perf_counter() - started)
     if args.show:
         print_results(args.output, args.show)
     return result
+
+
+def wait_or_cancel(result: PipelineResult) -> None:
+    """Waits for a streaming job; Ctrl-C or SIGTERM cancels it (the windows already closed are
+    written; those still open are not)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        logger.info("interrupted: cancelling the job; the windows still open are not written")
+        try:
+            result.cancel()
+        except Exception as e:  # noqa: BLE001 - Beam's Ctrl-C handler may have stopped it first
+            logger.info("the job had already stopped with its job server: %s", e)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def log_summary(result: PipelineResult, seconds: float) -> None:

@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_ml_flink._core import Classification, ImageClassifier
+from beam_ml_flink.streaming import ModelWatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,6 +49,12 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             runs it as saved.
         forward_batch_size: The most images per forward pass; a larger Beam batch, once
             decoded, runs as several (None: 8 on the CPU, the whole batch on CUDA).
+        watch_models: A folder or glob of model files: one added there after the handler was
+            made replaces the model (polled every ``poll_interval`` seconds), on any runner;
+            each prediction's ``model_id`` names the file that made it. Beam's own refresh
+            (``update_model_path`` through ``RunInference(model_metadata_pcoll=...)``) also
+            works where the runner refreshes triggered side inputs.
+        poll_interval: Seconds between two listings of ``watch_models``.
         min_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_duration_secs: Passed to Beam's ``BatchElements`` (streaming).
@@ -70,6 +77,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         draft: bool = False,
         optimize: bool = True,
         forward_batch_size: int | None = None,
+        watch_models: str | None = None,
+        poll_interval: float = 5.0,
         min_batch_size: int | None = None,
         max_batch_size: int | None = None,
         max_batch_duration_secs: int | None = None,
@@ -97,11 +106,22 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         self._draft = draft
         self._optimize = optimize
         self._forward_batch_size = forward_batch_size
+        self._watch_models = watch_models
+        self._poll_interval = poll_interval
+        # Models written after the pipeline was made are new; the ones already there are not.
+        self._watch_since = time.time()
+        self._model_watch: ModelWatch[ImageClassifier] | None = None
         self._metrics: _Metrics | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a worker made for itself (the watched model, the metrics) is not shipped.
+        return {**self.__dict__, "_model_watch": None, "_metrics": None}
 
     def load_model(self) -> ImageClassifier:
         """Loads the model (tracing a torchvision state dict first when ``model_name`` is set)."""
-        model_path = self._model_path
+        return self._load(self._model_path)
+
+    def _load(self, model_path: str) -> ImageClassifier:
         if self._model_name is not None:
             from beam_ml_flink.torchvision_models import trace_state_dict
 
@@ -128,11 +148,20 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         """Classifies the batch with one call into Rust; bad images become failed results."""
         if self._metrics is None:
             self._metrics = _Metrics(self.get_metrics_namespace())
+        model_id = self._model_path
+        if self._watch_models:
+            if self._model_watch is None:
+                self._model_watch = ModelWatch(
+                    self._watch_models, self._poll_interval, self._watch_since, self._load
+                )
+            refreshed = self._model_watch.current()
+            if refreshed is not None:
+                model_id, model = refreshed
         started = time.perf_counter()
         results = model.classify(batch, self._top_k)
         self._metrics.update(results, time.perf_counter() - started)
         return [
-            PredictionResult(image, result, self._model_path)
+            PredictionResult(image, result, model_id)
             for image, result in zip(batch, results, strict=True)
         ]
 

@@ -55,6 +55,16 @@ def without_labels_flag(argv: list[str]) -> list[str]:
     return kept
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -135,6 +145,32 @@ class ImageClassificationOptions(PipelineOptions):
             type=_positive,
             help="Most images per forward pass; a larger batch, once decoded, runs as several "
             "(default: 8 on the CPU, the whole batch on CUDA).",
+        )
+        # With Beam's --streaming, --input (a folder or glob) is watched.
+        parser.add_argument(
+            "--poll_interval",
+            type=_seconds,
+            default=5.0,
+            help="Streaming: seconds between two listings of the watched folders (default 5).",
+        )
+        parser.add_argument(
+            "--window_size",
+            type=_seconds,
+            default=60.0,
+            help="Streaming: seconds of arrival time per output window; a window's files are "
+            "written when it closes (default 60).",
+        )
+        parser.add_argument(
+            "--stop_after",
+            type=_seconds,
+            help="Streaming: stop watching after this many seconds; the job then writes its "
+            "last windows and ends (default: run until interrupted).",
+        )
+        parser.add_argument(
+            "--watch_models",
+            metavar="GLOB",
+            help="Streaming: a folder or glob of model files; a model file added there while "
+            "the job runs replaces the model, and the predictions after it name it.",
         )
         parser.add_argument(
             "--show",

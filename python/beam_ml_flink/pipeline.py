@@ -26,10 +26,18 @@ FAILURES = "failures"
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
+class Prediction(NamedTuple):
+    """A classified image."""
+
+    image: str  # its URI
+    classification: Classification
+    model: str  # the path of the model that classified it
+
+
 class ClassifiedImages(NamedTuple):
     """The two outputs of :class:`ClassifyImages`."""
 
-    predictions: beam.PCollection  # (uri, Classification) for each classified image
+    predictions: beam.PCollection  # a Prediction for each classified image
     failures: beam.PCollection  # (uri, reason) for each image that could not be classified
 
 
@@ -67,7 +75,7 @@ def _split_result(item: tuple[str, PredictionResult]) -> Iterator[Any]:
     uri, result = item
     classification: Classification = result.inference
     if classification.ok:
-        yield uri, classification
+        yield Prediction(uri, classification, result.model_id)
     else:
         yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: {classification.error}"))
 
@@ -82,13 +90,21 @@ class ClassifyImages(beam.PTransform):
     """Image URIs in; :class:`ClassifiedImages` (predictions and failures) out.
 
     The images are read through Beam's FileSystems (local paths, gs:// where installed) and
-    classified by ``RunInference(KeyedModelHandler(handler))``.
+    classified by ``RunInference(KeyedModelHandler(handler))``. ``model_updates``, Beam's
+    ``ModelMetadata`` side input (e.g. :func:`beam_ml_flink.streaming.watched_models`), makes a
+    streaming job load a new model without stopping.
     """
 
-    def __init__(self, handler: ImageClassifierHandler, max_bytes: int = MAX_FILE_BYTES) -> None:
+    def __init__(
+        self,
+        handler: ImageClassifierHandler,
+        max_bytes: int = MAX_FILE_BYTES,
+        model_updates: beam.PCollection | None = None,
+    ) -> None:
         super().__init__()
         self._handler = handler
         self._max_bytes = max_bytes
+        self._model_updates = model_updates
 
     def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
         read = uris | "ReadImages" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
@@ -97,7 +113,9 @@ class ClassifyImages(beam.PTransform):
         results, dead = (
             read.images
             | "RunInference"
-            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+            >> RunInference(
+                KeyedModelHandler(self._handler), model_metadata_pcoll=self._model_updates
+            ).with_exception_handling()
         )
         split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
             FAILURES, main="predictions"
@@ -143,24 +161,23 @@ def _is_absolute(name: str) -> bool:
     return os.path.isabs(name) or FileSystems.get_scheme(name) not in (None, "file")
 
 
-def prediction_json(item: tuple[str, Classification]) -> str:
+def prediction_json(prediction: Prediction) -> str:
     """One output line of a classified image."""
-    uri, classification = item
     return json.dumps(
         {
-            "image": uri,
+            "image": prediction.image,
             "top_k": [
                 {"index": index, "label": label, "score": round(score, 6)}
-                for index, label, score in classification.top_k
+                for index, label, score in prediction.classification.top_k
             ],
+            "model": prediction.model,
         }
     )
 
 
-def prediction_csv(item: tuple[str, Classification]) -> str:
+def prediction_csv(prediction: Prediction) -> str:
     """The original pipeline's ``path,index`` line (top-1 class index)."""
-    uri, classification = item
-    return f"{uri},{classification.top_k[0][0]}"
+    return f"{prediction.image},{prediction.classification.top_k[0][0]}"
 
 
 def failure_json(item: tuple[str, str]) -> str:
@@ -170,12 +187,15 @@ def failure_json(item: tuple[str, str]) -> str:
 
 
 def write_results(classified: ClassifiedImages, output: str, output_format: str = "json") -> None:
-    """Writes predictions to files starting with ``output`` and failures to ``output_failures``."""
+    """Writes predictions to files starting with ``output`` and failures to ``output_failures``;
+    a streaming job writes a file per window, named by its start and end."""
     if output_format == "csv":
+        # Exactly ``output`` in batch, as the original pipeline; one file per window when streaming.
+        one_file = "" if classified.predictions.is_bounded else None
         _ = (
             classified.predictions
             | "PredictionsCsv" >> beam.Map(prediction_csv)
-            | "WritePredictions" >> beam.io.WriteToText(output, shard_name_template="")
+            | "WritePredictions" >> beam.io.WriteToText(output, shard_name_template=one_file)
         )
     else:
         _ = (

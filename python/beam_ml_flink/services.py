@@ -40,6 +40,30 @@ DEFAULT_RPC_PORT = 6123
 
 START_TIMEOUT_S = 180.0
 
+# What Flink's own config.yaml passes to its JVMs so that Flink runs on Java 17: a job server's
+# embedded Flink needs them too, as soon as a streaming job keeps state.
+JAVA_17_FLAGS = tuple(
+    [f"--add-exports=java.base/{p}=ALL-UNNAMED" for p in ("sun.net.util",)]
+    + ["--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED"]
+    + [
+        f"--add-opens=java.base/{p}=ALL-UNNAMED"
+        for p in (
+            "java.lang",
+            "java.net",
+            "java.io",
+            "java.nio",
+            "sun.nio.ch",
+            "java.lang.reflect",
+            "java.text",
+            "java.time",
+            "java.util",
+            "java.util.concurrent",
+            "java.util.concurrent.atomic",
+            "java.util.concurrent.locks",
+        )
+    ]
+)
+
 
 class ServiceError(RuntimeError):
     """A local service could not be started."""
@@ -346,6 +370,7 @@ class JobServer(_Service):
         job_port, artifact_port, expansion_port = self.ports
         argv = [
             "java",
+            *JAVA_17_FLAGS,
             "-jar",
             str(self.jar),
             "--flink-master",
