@@ -99,3 +99,21 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
 def bad_files(hostile: list[Case]) -> dict[Path, str]:
     """Inputs that cannot be classified, each with a phrase its failure reason must contain."""
     return {case.path: case.phrase for case in hostile if case.phrase is not None}
+
+
+class _Flipped(torch.nn.Module):
+    """A model whose answers differ from the demo model's: its logits in reverse class order."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).flip(1)
+
+
+@pytest.fixture(scope="session")
+def flipped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("flipped") / "flipped.pt"
+    torch.jit.save(torch.jit.script(_Flipped(torch.jit.load(str(DEMO_MODEL)))), str(path))
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -15,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import beam_ml_flink as bmf
 from beam_ml_flink.beam import ImageClassifierHandler
-from beam_ml_flink.pipeline import ClassifyImages, failure_json, prediction_json
+from beam_ml_flink.pipeline import ClassifyImages, Prediction, failure_json, prediction_json
 from conftest import (
     DEMO_MEAN,
     DEMO_MODEL,
@@ -71,6 +72,63 @@ def test_run_inference_is_one_result_per_image_in_order(
     assert "unrecognised image format" in results[-1].inference.error
 
 
+def test_update_model_path_is_the_model_beam_loads_next(
+    photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    # What RunInference does when its model_metadata_pcoll side input names a new model.
+    tiny = tmp_path / "tiny.pt"
+    torch.jit.save(_three_classes(), str(tiny))
+    handler = ImageClassifierHandler(str(DEMO_MODEL), mean=DEMO_MEAN, std=DEMO_STD)
+    handler.update_model_path(str(tiny))
+    model = handler.load_model()
+    assert str(model.model_path) == str(tiny) and model.num_classes == 3
+    result = next(iter(handler.run_inference([photos["china.jpg"]], model)))
+    assert result.model_id == str(tiny) and result.inference.ok
+
+
+def _three_classes() -> torch.jit.ScriptModule:
+    class ThreeClasses(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))
+
+    return torch.jit.script(ThreeClasses())
+
+
+def test_a_watched_model_takes_over_and_a_bad_one_is_ignored(
+    photos: dict[str, bytes], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "old.pt").write_bytes(b"there before the handler: not a new model")
+    handler = ImageClassifierHandler(
+        str(DEMO_MODEL),
+        mean=DEMO_MEAN,
+        std=DEMO_STD,
+        watch_models=str(models / "*.pt"),
+        poll_interval=0.01,
+    )
+    handler = pickle.loads(pickle.dumps(handler))
+    model = handler.load_model()
+    image = [photos["china.jpg"]]
+    first = next(iter(handler.run_inference(image, model)))
+    assert first.model_id == str(DEMO_MODEL) and first.inference.ok
+
+    torch.jit.save(_three_classes(), str(models / "new.pt"))
+    time.sleep(0.05)
+    second = next(iter(handler.run_inference(image, model)))
+    assert second.model_id == str(models / "new.pt")
+    expected = reference(photos["china.jpg"], mean=DEMO_MEAN, std=DEMO_STD).mean(dim=(1, 2))
+    assert second.inference.top_k[0][0] == int(expected.argmax())
+
+    time.sleep(0.05)
+    (models / "newer.pt").write_bytes(b"half a model")
+    time.sleep(0.05)
+    with caplog.at_level("ERROR"):
+        third = next(iter(handler.run_inference(image, model)))
+    assert third.model_id == str(models / "new.pt") and third.inference.ok
+    assert "the new model" in caplog.text and "newer.pt could not be loaded" in caplog.text
+
+
 def test_classification_pickles_and_compares() -> None:
     ok = bmf.Classification([(281, "tabby", 0.5), (282, None, 0.25)])
     failed = bmf.Classification(error="the image is empty")
@@ -98,16 +156,16 @@ def test_pipeline_gives_reference_top1_and_every_failure(
         classified = (
             p | beam.Create(uris) | ClassifyImages(demo_handler(min_batch_size=4, max_batch_size=4))
         )
-        top1 = classified.predictions | beam.MapTuple(lambda uri, c: (uri, c.top_k[0][0]))
+        top1 = classified.predictions | beam.Map(lambda p: (p.image, p.classification.top_k[0][0]))
         assert_that(top1, equal_to(expected_top1), label="top-1 is the reference")
         assert_that(classified.failures, has_reasons, label="failures have reasons")
 
 
 def test_output_lines() -> None:
     classification = bmf.Classification([(281, "tabby", 0.8312345678), (285, None, 0.1)])
-    assert prediction_json(("a.jpg", classification)) == (
+    assert prediction_json(Prediction("a.jpg", classification, "m.pt")) == (
         '{"image": "a.jpg", "top_k": [{"index": 281, "label": "tabby", "score": 0.831235}, '
-        '{"index": 285, "label": null, "score": 0.1}]}'
+        '{"index": 285, "label": null, "score": 0.1}], "model": "m.pt"}'
     )
     assert failure_json(("b.jpg", "b.jpg: why")) == '{"image": "b.jpg", "error": "b.jpg: why"}'
 
@@ -154,5 +212,5 @@ def test_model_shared_across_processes_gives_the_same_answers(
             | beam.Create([uri for uri, _ in expected])
             | ClassifyImages(demo_handler(model_copies=1))
         )
-        top1 = classified.predictions | beam.MapTuple(lambda uri, c: (uri, c.top_k[0][0]))
+        top1 = classified.predictions | beam.Map(lambda p: (p.image, p.classification.top_k[0][0]))
         assert_that(top1, equal_to(expected))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from make_hostile import Case
 from test_cli import classify, demo_args, image_list, read_jsonl
+from test_streaming import run_streaming_scenario
 
 from beam_ml_flink import services
 from conftest import IMAGES, ROOT
@@ -111,6 +112,22 @@ def test_flink_runner_embedded_loopback(
     # The job server that Beam started read data/flink-conf.yaml through FLINK_CONF_DIR.
     assert f"configuration file from {conf_dir / 'config.yaml'}" in run.stderr
     assert "Loading configuration property: parallelism.default, 2" in run.stderr
+
+
+def test_streaming_with_a_new_model_on_the_flink_runner(
+    tmp_path: Path, photos: dict[str, bytes], flipped_model: Path
+) -> None:
+    # The CLI keeps the impulse of the watch alive until --stop_after (Flink would otherwise end
+    # the job when its sources finish) and gives the job server Java 17's module flags.
+    runner = [
+        "--runner=FlinkRunner",
+        "--flink_version=1.19",
+        f"--flink_job_server_jar={JOB_SERVER_JAR}",
+        "--environment_type=LOOPBACK",
+    ]
+    run_streaming_scenario(
+        tmp_path, photos, flipped_model, runner, stop_after_s=90, start_timeout_s=150
+    )
 
 
 @pytest.fixture(scope="module")

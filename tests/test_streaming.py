@@ -13,30 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
 
 PRISM = Path(os.environ.get("PRISM_LOCATION", ROOT / "build" / "bin" / "prism"))
 PRISM_RUNNER = ["--runner=PrismRunner", f"--prism_location={PRISM}"]
-
-
-class _Flipped(torch.nn.Module):
-    """A model whose answers differ from the demo model's: its logits in reverse class order."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).flip(1)
-
-
-@pytest.fixture(scope="session")
-def flipped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("flipped") / "flipped.pt"
-    torch.jit.save(torch.jit.script(_Flipped(torch.jit.load(str(DEMO_MODEL)))), str(path))
-    return path
 
 
 def drop(data: bytes, dest: Path) -> None:
