@@ -53,7 +53,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             made replaces the model (polled every ``poll_interval`` seconds), on any runner;
             each prediction's ``model_id`` names the file that made it. Beam's own refresh
             (``update_model_path`` through ``RunInference(model_metadata_pcoll=...)``) also
-            works where the runner refreshes triggered side inputs.
+            works where the runner refreshes triggered side inputs (Prism refuses them; the
+            Flink job server here keeps their first value).
         poll_interval: Seconds between two listings of ``watch_models``.
         min_batch_size: Passed to Beam's ``BatchElements``.
         max_batch_size: Passed to Beam's ``BatchElements``.

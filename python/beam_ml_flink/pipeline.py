@@ -90,21 +90,13 @@ class ClassifyImages(beam.PTransform):
     """Image URIs in; :class:`ClassifiedImages` (predictions and failures) out.
 
     The images are read through Beam's FileSystems (local paths, gs:// where installed) and
-    classified by ``RunInference(KeyedModelHandler(handler))``. ``model_updates``, Beam's
-    ``ModelMetadata`` side input (e.g. :func:`beam_ml_flink.streaming.watched_models`), makes a
-    streaming job load a new model without stopping.
+    classified by ``RunInference(KeyedModelHandler(handler))``.
     """
 
-    def __init__(
-        self,
-        handler: ImageClassifierHandler,
-        max_bytes: int = MAX_FILE_BYTES,
-        model_updates: beam.PCollection | None = None,
-    ) -> None:
+    def __init__(self, handler: ImageClassifierHandler, max_bytes: int = MAX_FILE_BYTES) -> None:
         super().__init__()
         self._handler = handler
         self._max_bytes = max_bytes
-        self._model_updates = model_updates
 
     def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
         read = uris | "ReadImages" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
@@ -113,9 +105,7 @@ class ClassifyImages(beam.PTransform):
         results, dead = (
             read.images
             | "RunInference"
-            >> RunInference(
-                KeyedModelHandler(self._handler), model_metadata_pcoll=self._model_updates
-            ).with_exception_handling()
+            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
         )
         split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
             FAILURES, main="predictions"

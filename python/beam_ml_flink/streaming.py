@@ -19,7 +19,6 @@ from typing import Generic, NamedTuple, TypeVar
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
@@ -65,9 +64,10 @@ class ModelWatch(Generic[Model]):
     """The newest model file matching ``pattern`` (a glob or a folder) written after ``since``,
     loaded with ``load`` once a poll (at most every ``poll_interval`` seconds) finds it.
 
-    This is the model refresh of ``ImageClassifierHandler(watch_models=...)``: it works on every
-    runner, where Beam's side input (:func:`watched_models`) needs triggered side inputs that
-    the runner refreshes. A file that cannot be loaded is logged and the current model kept.
+    This is the model refresh of ``ImageClassifierHandler(watch_models=...)``. It works on every
+    runner, where Beam's own (a ``WatchFilePattern`` side input of ``RunInference``) needs
+    triggered side inputs that the runner refreshes: Prism refuses them and the Flink job server
+    here keeps the first value. A file that cannot be loaded is logged and the current model kept.
     """
 
     def __init__(
@@ -118,15 +118,3 @@ class ModelWatch(Generic[Model]):
             return
         logger.info("model refreshed: %s", newest.path)
         self._current = (newest.path, model)
-
-
-def watched_models(pipeline: beam.Pipeline, pattern: str, watch: Watch) -> beam.PCollection:
-    """Beam's ``ModelMetadata`` of the newest model file matching ``pattern`` (a glob or a
-    folder) written after the job started: the side input of ``RunInference`` that makes it
-    load that file in place of the model it runs, on runners that refresh triggered side
-    inputs (Dataflow; not Prism, nor the Flink job server of this project)."""
-    return pipeline | "WatchModels" >> WatchFilePattern(
-        watched_pattern(pattern),
-        interval=watch.poll_interval,
-        stop_timestamp=watch.stop_timestamp(Timestamp.now()),
-    )
