@@ -29,7 +29,7 @@ ARGS ?=
 DEMO_NORMALIZE := --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
 NORMALIZE = $(if $(filter $(DEMO_MODEL),$(MODEL)),$(DEMO_NORMALIZE))
 CLEAN_OUTPUT = rm -f $(OUTPUT)-*-of-*.jsonl $(OUTPUT)_failures-*-of-*.jsonl
-CLASSIFY = $(PY) -m beam_ml_flink --input $(INPUT) --output $(OUTPUT) --model_path $(MODEL) \
+CLASSIFY = $(PY) -m beam_ml_flink --input $(if $(filter run-streaming,$@),$(INBOX),$(INPUT)) --output $(OUTPUT) --model_path $(MODEL) \
 	$(if $(LABELS),--labels $(LABELS)) $(NORMALIZE) --show 20
 
 # Prism, Beam's portable local runner, built from Beam's Go module at the installed Beam version.
@@ -121,6 +121,23 @@ run-direct: init ## Classify INPUT with MODEL on the DirectRunner (also OUTPUT, 
 run-prism: init $(PRISM) ## Classify INPUT with MODEL on the PrismRunner (Prism built with go install)
 	$(CLEAN_OUTPUT)
 	$(CLASSIFY) --runner PrismRunner --prism_location $(PRISM_LOCATION) $(ARGS)
+
+# Streaming: the job watches INBOX; with the default INBOX the sample photos are moved into it one
+# by one while the job runs. STOP_AFTER seconds, or until Ctrl-C when empty. STREAMING_RUNNER:
+# the runner flags (Prism by default).
+INBOX ?= build/streaming/inbox
+STOP_AFTER ?= 40
+STREAMING_RUNNER ?= --runner PrismRunner --prism_location $(PRISM_LOCATION)
+FEED_SAMPLES = $(if $(filter build/streaming/inbox,$(INBOX)),( sleep 5; for f in data/images/*; do \
+	cp $$f build/streaming/.incoming && mv build/streaming/.incoming $(INBOX)/$$(basename $$f); \
+	sleep 2; done ) &)
+
+.PHONY: run-streaming
+run-streaming: init $(PRISM) ## Watch INBOX and classify images as they arrive, in 10 s windows, on Prism (STOP_AFTER)
+	rm -rf $(dir $(OUTPUT)) $(if $(filter build/streaming/inbox,$(INBOX)),$(INBOX)) && mkdir -p $(INBOX)
+	$(FEED_SAMPLES) \
+	$(CLASSIFY) --streaming $(STREAMING_RUNNER) --poll_interval 1 --window_size 10 \
+		$(if $(STOP_AFTER),--stop_after $(STOP_AFTER)) $(ARGS)
 
 .PHONY: run-flink
 run-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the FlinkRunner: the job server's embedded Flink, LOOPBACK workers
