@@ -3,8 +3,8 @@ files watched so that a new one replaces the model while the job runs.
 
 Images are watched with Beam's continuous file matching. A file is classified once, when a poll
 first sees it: write each image elsewhere and move it into the folder, so that no poll sees it
-half written. The same goes for a new model: add it under a new name (a rewritten name is not
-seen again), as Beam's ``WatchFilePattern`` requires.
+half written. Models are watched by modification time; move a new model in whole too, under a
+new name so that the predictions' model names tell the versions apart.
 """
 
 from __future__ import annotations
