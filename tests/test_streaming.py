@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_cli import PRISM, classify, demo_args
 
-from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
+from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, torch_top1
 
-PRISM = Path(os.environ.get("PRISM_LOCATION", ROOT / "build" / "bin" / "prism"))
 PRISM_RUNNER = ["--runner=PrismRunner", f"--prism_location={PRISM}"]
 
 
@@ -33,12 +33,8 @@ def start_streaming(inbox: Path, output: Path, model: Path, *args: str) -> subpr
             sys.executable,
             "-m",
             "beam_ml_flink",
-            f"--input={inbox}",
-            f"--output={output}",
+            *demo_args(inbox, output),
             f"--model_path={model}",
-            f"--labels={IMAGENET_LABELS}",
-            "--mean=" + ",".join(map(str, DEMO_MEAN)),
-            "--std=" + ",".join(map(str, DEMO_STD)),
             "--streaming",
             "--poll_interval=1",
             "--window_size=2",
@@ -185,18 +181,5 @@ def test_streaming_flags_are_checked(tmp_path: Path, args: list[str], message: s
 
 
 def test_watch_models_needs_streaming(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "beam_ml_flink",
-            f"--input={IMAGES}",
-            f"--output={tmp_path / 'results'}",
-            f"--model_path={DEMO_MODEL}",
-            f"--watch_models={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = classify(*demo_args(IMAGES, tmp_path / "results"), f"--watch_models={tmp_path}")
     assert run.returncode == 2 and "--watch_models needs --streaming" in run.stderr
