@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::batch::{preprocess_batch, Batch};
 use crate::decode::DecodeOptions;
 use crate::error::{Error, Result};
-use crate::model::{Device, Logits, Model};
+use crate::model::{Device, Logits, Model, ModelOptions};
 use crate::transform::PreprocessSpec;
 
 /// One class of a prediction.
@@ -52,11 +52,10 @@ impl Classifier {
     /// [`DEFAULT_CPU_FORWARD_BATCH`], on CUDA the whole batch).
     pub fn load(
         model_path: &Path,
-        device: Device,
+        options: ModelOptions,
         spec: PreprocessSpec,
         decode: DecodeOptions,
         labels: Option<Vec<String>>,
-        optimize: bool,
         forward_batch: Option<usize>,
     ) -> Result<Self> {
         if forward_batch == Some(0) {
@@ -64,11 +63,11 @@ impl Classifier {
                 "forward_batch_size must be at least 1, or None for the default".to_string(),
             ));
         }
-        let forward_batch = match (forward_batch, device) {
+        let forward_batch = match (forward_batch, options.device) {
             (None, Device::Cpu) => Some(DEFAULT_CPU_FORWARD_BATCH),
             (given, _) => given,
         };
-        let model = Model::load(model_path, device, optimize)?;
+        let model = Model::load(model_path, options)?;
         let (height, width) = spec.output_size();
         let mut blank = vec![0.0f32; spec.image_len()];
         let probe = model
@@ -76,8 +75,10 @@ impl Classifier {
             .map_err(|e| Error::ModelLoad {
                 path: model_path.to_path_buf(),
                 reason: format!(
-                    "a test forward on one 3x{height}x{width} image failed ({e}); check that \
-                     resize and crop give the input size the model expects"
+                    "a test forward on one 3x{height}x{width} image in {} on {} failed ({e}); \
+                     check that resize and crop give the input size the model expects, and \
+                     that the device supports the precision",
+                    options.precision, options.device
                 ),
             })?;
         let num_classes = probe.classes;

@@ -1,5 +1,6 @@
-//! TorchScript models: load on a device, run a forward pass over a batch buffer without copying
-//! it, return float32 logits on the CPU.
+//! TorchScript models: load on a device in a precision, run a forward pass over a batch buffer
+//! (on the CPU without copying it; to CUDA through pinned memory), return float32 logits on the
+//! CPU.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -7,7 +8,7 @@ use std::str::FromStr;
 use tch::{Kind, TchError, Tensor};
 
 use crate::error::{Error, Result};
-use crate::torchscript::{LoadError, ScriptModule};
+use crate::torchscript::{load_cuda_backend, LoadError, ScriptModule};
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,21 +55,100 @@ impl Device {
         match self {
             Device::Cpu => Ok(tch::Device::Cpu),
             Device::Cuda(n) => {
-                let available = if tch::Cuda::is_available() {
-                    tch::Cuda::device_count() as usize
-                } else {
-                    0
-                };
+                let available = cuda_device_count();
                 if n < available {
-                    Ok(tch::Device::Cuda(n))
-                } else {
-                    Err(Error::InvalidArgument(format!(
-                        "device '{self}' was asked for, but this machine has {available} CUDA \
-                         device(s) usable by the installed torch; use device='cpu', or install \
-                         torch with CUDA support on a machine with a GPU"
-                    )))
+                    return Ok(tch::Device::Cuda(n));
                 }
+                let why = match load_cuda_backend() {
+                    Ok(()) => format!("this machine has {available} CUDA device(s)"),
+                    Err(reason) => format!("the installed torch has no CUDA support ({reason})"),
+                };
+                Err(Error::InvalidArgument(format!(
+                    "device '{self}' was asked for, but {why}; use device='cpu', or install a \
+                     torch with CUDA support (the default Linux wheels of PyPI's torch) on a \
+                     machine with an NVIDIA GPU and its driver"
+                )))
             }
+        }
+    }
+}
+
+/// Number of CUDA devices libtorch can use: 0 without a GPU, its driver, or a torch built with
+/// CUDA.
+pub fn cuda_device_count() -> usize {
+    if load_cuda_backend().is_ok() && tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    }
+}
+
+/// The floating-point type the model computes in; its input is cast to it and its logits come
+/// back as float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// float32, as saved (the usual case).
+    #[default]
+    Float32,
+    /// float16: tensor cores on a GPU; on the CPU it runs, slowly, unless the CPU has fp16.
+    Float16,
+    /// bfloat16: float32's range with 8 bits of mantissa; a GPU from Ampere on, or a CPU with
+    /// AVX-512 BF16 or AMX.
+    BFloat16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "fp32" | "float32" => Ok(Precision::Float32),
+            "fp16" | "float16" | "half" => Ok(Precision::Float16),
+            "bf16" | "bfloat16" => Ok(Precision::BFloat16),
+            _ => Err(Error::InvalidArgument(format!(
+                "precision must be 'fp32', 'fp16' or 'bf16', got '{text}'"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Float32 => "fp32",
+            Precision::Float16 => "fp16",
+            Precision::BFloat16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    fn kind(self) -> Kind {
+        match self {
+            Precision::Float32 => Kind::Float,
+            Precision::Float16 => Kind::Half,
+            Precision::BFloat16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// How a model is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Where it runs.
+    pub device: Device,
+    /// What it computes in.
+    pub precision: Precision,
+    /// Frozen and optimized for inference, as `torch.jit.optimize_for_inference` does.
+    pub optimize: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            precision: Precision::Float32,
+            optimize: true,
         }
     }
 }
@@ -77,7 +157,7 @@ impl Device {
 #[derive(Debug)]
 pub struct Model {
     module: ScriptModule,
-    device: Device,
+    options: ModelOptions,
     path: PathBuf,
 }
 
@@ -91,9 +171,8 @@ pub struct Logits {
 }
 
 impl Model {
-    /// Loads a TorchScript file (saved by `torch.jit.save`) onto `device`; with `optimize`,
-    /// frozen and optimized for inference as `torch.jit.optimize_for_inference` does.
-    pub fn load(path: &Path, device: Device, optimize: bool) -> Result<Self> {
+    /// Loads a TorchScript file (saved by `torch.jit.save`) as `options` say.
+    pub fn load(path: &Path, options: ModelOptions) -> Result<Self> {
         if !path.exists() {
             return Err(Error::NotFound {
                 what: "model file",
@@ -106,35 +185,43 @@ impl Model {
                 reason: "it is a directory; pass the TorchScript file itself".to_string(),
             });
         }
-        let cuda = match device.to_tch()? {
+        let cuda = match options.device.to_tch()? {
             tch::Device::Cuda(n) => Some(n),
             _ => None,
         };
-        let module = ScriptModule::load(path, cuda, optimize).map_err(|e| Error::ModelLoad {
-            path: path.to_path_buf(),
-            reason: match e {
-                LoadError::Read(message) => format!(
-                    "libtorch cannot read it as TorchScript ({}); save the model with \
+        let cast = options.precision.kind();
+        let module = ScriptModule::load(path, cuda, cast, options.optimize).map_err(|e| {
+            Error::ModelLoad {
+                path: path.to_path_buf(),
+                reason: match e {
+                    LoadError::Read(message) => format!(
+                        "libtorch cannot read it as TorchScript ({}); save the model with \
                      torch.jit.save(torch.jit.trace(model, example)) or torch.jit.script",
-                    trim_libtorch_message(&message)
-                ),
-                LoadError::Optimize(message) => format!(
-                    "libtorch could not freeze and optimize it for inference ({}); load it \
+                        trim_libtorch_message(&message)
+                    ),
+                    LoadError::Optimize(message) => format!(
+                        "libtorch could not freeze and optimize it for inference ({}); load it \
                      with optimize=False (CLI: --no_optimize)",
-                    trim_libtorch_message(&message)
-                ),
-            },
+                        trim_libtorch_message(&message)
+                    ),
+                },
+            }
         })?;
         Ok(Self {
             module,
-            device,
+            options,
             path: path.to_path_buf(),
         })
     }
 
     /// The device the model runs on.
     pub fn device(&self) -> Device {
-        self.device
+        self.options.device
+    }
+
+    /// The precision the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.options.precision
     }
 
     /// The file the model was loaded from.
@@ -144,8 +231,10 @@ impl Model {
 
     /// Runs the model on `batch` images of `3 x height x width` in `input`, with grad off.
     ///
-    /// The input tensor is a view of `input` (no copy); it is mutable because a TorchScript model
-    /// may legally write into its input.
+    /// On the CPU in float32 the input tensor is a view of `input` (no copy); it is mutable
+    /// because a TorchScript model may legally write into its input. For CUDA the batch is
+    /// copied into pinned (page-locked) memory, from which the copy to the GPU is a DMA transfer
+    /// that does not block this thread; the forward queued behind it on the same stream.
     pub fn forward(
         &self,
         input: &mut [f32],
@@ -174,10 +263,19 @@ impl Model {
             )
         }
         .map_err(|e| fail(torch_reason(e)))?;
-        let tensor = match self.device {
+        let tensor = match self.options.device {
             Device::Cpu => tensor,
-            Device::Cuda(_) => tensor
-                .f_to_device(self.device.to_tch()?)
+            Device::Cuda(n) => tensor
+                .f_pin_memory(tch::Device::Cuda(n))
+                .and_then(|pinned| {
+                    pinned.f_to_device_(tch::Device::Cuda(n), Kind::Float, true, false)
+                })
+                .map_err(|e| fail(torch_reason(e)))?,
+        };
+        let tensor = match self.options.precision {
+            Precision::Float32 => tensor,
+            other => tensor
+                .f_to_kind(other.kind())
                 .map_err(|e| fail(torch_reason(e)))?,
         };
         let output = self

@@ -16,7 +16,7 @@ use crate::batch::preprocess_batch;
 use crate::classify::{read_labels, Classifier, Outcome};
 use crate::decode::{DecodeOptions, DEFAULT_MAX_PIXELS};
 use crate::error::Error as CoreError;
-use crate::model::Device;
+use crate::model::{self, ModelOptions};
 use crate::transform::{PreprocessSpec, Resize};
 
 create_exception!(
@@ -234,10 +234,11 @@ impl ImageClassifier {
         model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
         max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
-        forward_batch_size = None
+        forward_batch_size = None, precision = "fp32"
     ), text_signature = "(model_path, *, device='cpu', resize=256, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
-        max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None)")]
+        max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None, \
+        precision='fp32')")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -252,8 +253,13 @@ impl ImageClassifier {
         draft: bool,
         optimize: bool,
         forward_batch_size: Option<usize>,
+        precision: &str,
     ) -> PyResult<Self> {
-        let device: Device = device.parse()?;
+        let options = ModelOptions {
+            device: device.parse()?,
+            precision: precision.parse()?,
+            optimize,
+        };
         let spec = spec(resize, crop, mean, std)?;
         let decode = decode_options(&spec, max_pixels, draft);
         let labels = match labels {
@@ -264,11 +270,10 @@ impl ImageClassifier {
         let inner = detached(py, || {
             Classifier::load(
                 &model_path,
-                device,
+                options,
                 spec,
                 decode,
                 labels,
-                optimize,
                 forward_batch_size,
             )
         })?;
@@ -334,6 +339,12 @@ impl ImageClassifier {
         self.inner.model().device().to_string()
     }
 
+    /// What the model computes in: 'fp32', 'fp16' or 'bf16'.
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.model().precision().to_string()
+    }
+
     /// The model file.
     #[getter]
     fn model_path(&self) -> PathBuf {
@@ -361,9 +372,11 @@ impl ImageClassifier {
     fn __repr__(&self) -> String {
         let (h, w) = self.inner.spec().output_size();
         format!(
-            "ImageClassifier(model_path={:?}, device='{}', num_classes={}, input_size=({h}, {w}))",
+            "ImageClassifier(model_path={:?}, device='{}', precision='{}', num_classes={}, \
+             input_size=({h}, {w}))",
             self.inner.model().path(),
             self.inner.model().device(),
+            self.inner.model().precision(),
             self.inner.num_classes()
         )
     }
@@ -371,12 +384,8 @@ impl ImageClassifier {
 
 /// Number of CUDA devices the installed libtorch can use (0 without a GPU or CUDA build).
 #[pyfunction]
-fn cuda_device_count() -> usize {
-    if tch::Cuda::is_available() {
-        tch::Cuda::device_count() as usize
-    } else {
-        0
-    }
+fn cuda_device_count(py: Python<'_>) -> usize {
+    detached(py, model::cuda_device_count)
 }
 
 /// The native module `beam_ml_flink._core`.

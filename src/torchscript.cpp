@@ -1,6 +1,8 @@
-// The TorchScript calls that tch does not expose: load a module, freeze it and optimize it for
-// inference (what torch.jit.freeze and torch.jit.optimize_for_inference do in Python), and run
-// its forward. A C ABI for src/torchscript.rs; every C++ exception becomes an error string.
+// The TorchScript calls that tch does not expose: load a module, cast it to a precision, freeze
+// it and optimize it for inference (what torch.jit.freeze and torch.jit.optimize_for_inference do
+// in Python), and run its forward; and load libtorch's CUDA backend. A C ABI for
+// src/torchscript.rs; every C++ exception becomes an error string.
+#include <dlfcn.h>
 #include <torch/script.h>
 
 #include <cstring>
@@ -16,15 +18,28 @@ char* copy_message(const std::string& message) {
 
 extern "C" {
 
-// device: -1 for the CPU, else a CUDA index. Returns nullptr and sets *error on failure, and
+// libtorch registers CUDA when libtorch_cuda.so is loaded, but nothing in this library calls it,
+// so the linker drops it from the extension's needs (and a torch without CUDA has no such file):
+// load it by name, found through the extension's run path beside libtorch_cpu.so. Returns
+// nullptr, or dlerror's message.
+const char* bmf_load_cuda_backend() {
+  if (dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL) != nullptr) return nullptr;
+  return dlerror();
+}
+
+// device: -1 for the CPU, else a CUDA index. precision: 0 keeps the parameters as saved, 1 casts
+// them to float16, 2 to bfloat16. Returns nullptr and sets *error on failure, and
 // *optimize_failed when the module loaded but could not be optimized.
-void* bmf_module_load(const char* path, int device, int optimize, int* optimize_failed,
-                      char** error) {
+void* bmf_module_load(const char* path, int device, int precision, int optimize,
+                      int* optimize_failed, char** error) {
   try {
     c10::Device where = device < 0 ? c10::Device(c10::kCPU)
                                    : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
     auto module = torch::jit::load(std::string(path), where);
     module.eval();
+    // Before freezing: freezing folds the parameters into the graph as constants.
+    if (precision == 1) module.to(c10::kHalf);
+    if (precision == 2) module.to(c10::kBFloat16);
     if (optimize) {
       try {
         module = torch::jit::optimize_for_inference(module);

@@ -1,15 +1,19 @@
 //! A TorchScript module through src/torchscript.cpp: tch's `CModule` cannot freeze a module or
 //! optimize it for inference, which on the CPU makes convolutional models several times faster.
+//! And libtorch's CUDA backend, which nothing links.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
+use std::sync::OnceLock;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 extern "C" {
+    fn bmf_load_cuda_backend() -> *const c_char;
     fn bmf_module_load(
         path: *const c_char,
         device: c_int,
+        precision: c_int,
         optimize: c_int,
         optimize_failed: *mut c_int,
         error: *mut *mut c_char,
@@ -21,6 +25,26 @@ extern "C" {
     ) -> *mut torch_sys::C_tensor;
     fn bmf_module_free(module: *mut c_void);
     fn bmf_error_free(error: *mut c_char);
+}
+
+/// Loads libtorch_cuda.so once, so that libtorch sees CUDA devices; the error says why a torch
+/// without CUDA support (the CPU wheels have no such library) cannot.
+pub fn load_cuda_backend() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // SAFETY: the C side returns null or dlerror's NUL-terminated, thread-local message,
+            // copied here at once.
+            let error = unsafe { bmf_load_cuda_backend() };
+            if error.is_null() {
+                Ok(())
+            } else {
+                Err(unsafe { CStr::from_ptr(error) }
+                    .to_string_lossy()
+                    .into_owned())
+            }
+        })
+        .clone()
 }
 
 /// Takes the message the C++ side allocated.
@@ -57,12 +81,24 @@ unsafe impl Send for ScriptModule {}
 unsafe impl Sync for ScriptModule {}
 
 impl ScriptModule {
-    /// Loads `path` onto the CPU (`cuda: None`) or a CUDA device; with `optimize`, freezes the
-    /// module and applies libtorch's inference optimizations (conv-bn folding, oneDNN on the CPU).
-    pub fn load(path: &Path, cuda: Option<usize>, optimize: bool) -> Result<Self, LoadError> {
+    /// Loads `path` onto the CPU (`cuda: None`) or a CUDA device, its floating-point parameters
+    /// cast to `Kind::Half` or `Kind::BFloat16` when `cast` says so (any other kind keeps them as
+    /// saved); with `optimize`, freezes the module and applies libtorch's inference
+    /// optimizations (conv-bn folding, oneDNN on the CPU).
+    pub fn load(
+        path: &Path,
+        cuda: Option<usize>,
+        cast: Kind,
+        optimize: bool,
+    ) -> Result<Self, LoadError> {
         let path = CString::new(path.to_string_lossy().as_bytes())
             .map_err(|_| LoadError::Read("the path contains a NUL byte".to_string()))?;
         let device = cuda.map_or(-1, |n| n as c_int);
+        let precision = match cast {
+            Kind::Half => 1,
+            Kind::BFloat16 => 2,
+            _ => 0,
+        };
         let mut optimize_failed: c_int = 0;
         let mut error = std::ptr::null_mut();
         // SAFETY: `path` is NUL-terminated and outlives the call; the out-parameters are valid
@@ -71,6 +107,7 @@ impl ScriptModule {
             bmf_module_load(
                 path.as_ptr(),
                 device,
+                precision,
                 c_int::from(optimize),
                 &mut optimize_failed,
                 &mut error,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use _core::batch::preprocess_batch;
 use _core::classify::{Classifier, Outcome};
 use _core::decode::DecodeOptions;
-use _core::model::{Device, Model};
+use _core::model::{cuda_device_count, Device, Model, ModelOptions, Precision};
 use _core::transform::{PreprocessSpec, Resize};
 use _core::Error;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
@@ -59,7 +59,14 @@ fn forward_matches_tch_on_a_copied_tensor() {
 
     // As saved, and frozen + optimized for inference: the same logits up to float rounding.
     for optimize in [false, true] {
-        let model = Model::load(&tiny_model(), Device::Cpu, optimize).unwrap();
+        let model = Model::load(
+            &tiny_model(),
+            ModelOptions {
+                optimize,
+                ..ModelOptions::default()
+            },
+        )
+        .unwrap();
         let mut data = batch.data.clone();
         let logits = model.forward(&mut data, 3, 56, 56).unwrap();
         assert_eq!(logits.classes, 10);
@@ -97,11 +104,10 @@ fn failures_are_packed_out_in_input_order() {
 fn classify_keeps_one_outcome_per_input() {
     let classifier = Classifier::load(
         &tiny_model(),
-        Device::Cpu,
+        ModelOptions::default(),
         spec(),
         DecodeOptions::default(),
         Some((0..10).map(|i| format!("class {i}")).collect()),
-        true,
         None,
     )
     .unwrap();
@@ -127,11 +133,10 @@ fn forward_in_parts_answers_as_one_forward() {
     let load = |forward_batch| {
         Classifier::load(
             &tiny_model(),
-            Device::Cpu,
+            ModelOptions::default(),
             spec(),
             DecodeOptions::default(),
             None,
-            true,
             Some(forward_batch),
         )
         .unwrap()
@@ -174,11 +179,10 @@ fn forward_in_parts_answers_as_one_forward() {
     }
     let zero = Classifier::load(
         &tiny_model(),
-        Device::Cpu,
+        ModelOptions::default(),
         spec(),
         DecodeOptions::default(),
         None,
-        true,
         Some(0),
     )
     .unwrap_err();
@@ -187,7 +191,8 @@ fn forward_in_parts_answers_as_one_forward() {
 
 #[test]
 fn load_errors_say_what_to_do() {
-    let missing = Model::load(Path::new("/nonexistent/model.pt"), Device::Cpu, true).unwrap_err();
+    let missing =
+        Model::load(Path::new("/nonexistent/model.pt"), ModelOptions::default()).unwrap_err();
     assert!(
         matches!(
             missing,
@@ -202,8 +207,7 @@ fn load_errors_say_what_to_do() {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("Cargo.toml")
             .as_path(),
-        Device::Cpu,
-        true,
+        ModelOptions::default(),
     )
     .unwrap_err();
     assert!(matches!(not_torchscript, Error::ModelLoad { .. }));
@@ -213,11 +217,10 @@ fn load_errors_say_what_to_do() {
     );
     let labels = Classifier::load(
         &tiny_model(),
-        Device::Cpu,
+        ModelOptions::default(),
         spec(),
         DecodeOptions::default(),
         Some(vec!["only one".into()]),
-        true,
         None,
     )
     .unwrap_err();
@@ -239,6 +242,104 @@ fn device_names_parse_once_with_one_message() {
         err.to_string(),
         "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"
     );
+}
+
+#[test]
+fn precisions_parse_once_with_one_message() {
+    assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Float32);
+    assert_eq!("FP16".parse::<Precision>().unwrap(), Precision::Float16);
+    assert_eq!(
+        "bfloat16".parse::<Precision>().unwrap(),
+        Precision::BFloat16
+    );
+    let err = "int8".parse::<Precision>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "precision must be 'fp32', 'fp16' or 'bf16', got 'int8'"
+    );
+}
+
+#[test]
+fn half_precisions_compute_what_torch_computes_in_them() {
+    let images: Vec<Vec<u8>> = (0..4).map(|i| png(70 + 9 * i, 64, i + 2)).collect();
+    let batch = preprocess_batch(&images, &spec(), &DecodeOptions::default());
+    let input = tch::Tensor::from_slice(&batch.data).view([4, 3, 56, 56]);
+    for (precision, kind) in [
+        (Precision::Float16, tch::Kind::Half),
+        (Precision::BFloat16, tch::Kind::BFloat16),
+    ] {
+        // torch's own answer: the module as saved, cast to the precision, on the cast input.
+        let mut module = tch::CModule::load(tiny_model()).unwrap();
+        module.to(tch::Device::Cpu, kind, false);
+        let expected = tch::no_grad(|| module.forward_ts(&[input.to_kind(kind)]).unwrap());
+        let expected =
+            Vec::<f32>::try_from(expected.to_kind(tch::Kind::Float).reshape([-1])).unwrap();
+        let full = tch::CModule::load(tiny_model()).unwrap();
+        let float32 = tch::no_grad(|| full.forward_ts(&[input.shallow_clone()]).unwrap());
+        let float32 = Vec::<f32>::try_from(float32.reshape([-1])).unwrap();
+        assert_ne!(
+            expected, float32,
+            "{precision}: the cast must change the arithmetic"
+        );
+
+        let model = Model::load(
+            &tiny_model(),
+            ModelOptions {
+                precision,
+                ..ModelOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(model.precision(), precision);
+        let mut data = batch.data.clone();
+        let logits = model.forward(&mut data, 4, 56, 56).unwrap();
+        // Freezing folds batch norms into the convolutions, which rounds differently in 16 bits:
+        // within a few units of the precision's last place.
+        let scale = float32.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let tolerance = scale * if kind == tch::Kind::Half { 4e-3 } else { 3e-2 };
+        for (got, want) in logits.data.iter().zip(&expected) {
+            assert!(
+                (got - want).abs() <= tolerance,
+                "{precision}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_needs_a_device_and_says_so() {
+    if cuda_device_count() > 0 {
+        return;
+    }
+    let err = Model::load(
+        &tiny_model(),
+        ModelOptions {
+            device: Device::Cuda(0),
+            ..ModelOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("device 'cuda:0' was asked for"),
+        "{err}"
+    );
+    // A torch built with CUDA has its CUDA backend loaded by the check, so that a GPU, where
+    // there is one, is seen without importing torch.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let torch_cpu = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libtorch_cpu.so"))
+        .expect("libtorch_cpu.so is mapped");
+    if Path::new(torch_cpu)
+        .with_file_name("libtorch_cuda.so")
+        .exists()
+    {
+        assert!(
+            maps.contains("/libtorch_cuda.so"),
+            "libtorch_cuda.so is not loaded"
+        );
+    }
 }
 
 #[test]

@@ -53,6 +53,12 @@ def test_handler_options_are_checked() -> None:
     assert demo_handler(device="CPU")._device == "cpu"
 
 
+def test_the_precision_reaches_the_model() -> None:
+    handler = pickle.loads(pickle.dumps(demo_handler(precision="bf16")))
+    assert handler.load_model().precision == "bf16"
+    assert demo_handler().load_model().precision == "fp32"
+
+
 def test_run_inference_is_one_result_per_image_in_order(
     photos: dict[str, bytes], demo_top1: dict[str, int]
 ) -> None:

@@ -159,15 +159,55 @@ def test_model_that_is_not_a_classifier_fails_at_load(tmp_path) -> None:
     assert bmf.ImageClassifier(fixed, resize=(32, 32)).num_classes == 4
 
 
-def test_device_option(photos: dict[str, bytes]) -> None:
+def test_device_and_precision_options(photos: dict[str, bytes]) -> None:
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
         bmf.ImageClassifier(TINY_MODEL, device="tpu")
+    with pytest.raises(ValueError, match="precision must be 'fp32', 'fp16' or 'bf16', got 'int8'"):
+        bmf.ImageClassifier(TINY_MODEL, precision="int8")
     if bmf.cuda_device_count() == 0:
-        with pytest.raises(ValueError, match="0 CUDA device"):
+        with pytest.raises(ValueError, match="'cuda:0' was asked for, but .*use device='cpu'"):
             bmf.ImageClassifier(TINY_MODEL, device="cuda")
     classifier = bmf.ImageClassifier(TINY_MODEL, device="CPU")
-    assert classifier.device == "cpu"
+    assert classifier.device == "cpu" and classifier.precision == "fp32"
     assert "ImageClassifier(" in repr(classifier) and "num_classes=10" in repr(classifier)
+
+
+@pytest.fixture(scope="module")
+def float32_logits(photos: dict[str, bytes]) -> np.ndarray:
+    """torch's float32 logits on our preprocessed batch: the precision alone is compared."""
+    batch = torch.from_numpy(bmf.preprocess(list(photos.values()), mean=DEMO_MEAN, std=DEMO_STD))
+    with torch.no_grad():
+        return torch.jit.load(str(DEMO_MODEL)).eval()(batch).numpy()
+
+
+def assert_close_to_float32(
+    ours: np.ndarray, expected: np.ndarray, tolerance: float, record_property
+) -> None:
+    worst = float(np.abs(ours - expected).max())
+    record_property("max_logit_diff_from_float32", worst)
+    # 16-bit arithmetic shows (float32 stays within 1e-5 of torch), within what 16 bits allow.
+    assert 1e-3 < worst < tolerance
+    # Where float32's top two are further apart than that, the top-1 is float32's.
+    top_two = np.sort(expected, 1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > tolerance
+    assert clear.sum() >= 4
+    np.testing.assert_array_equal(ours.argmax(1)[clear], expected.argmax(1)[clear])
+
+
+# fp16 keeps 11 bits of mantissa, bf16 8: EfficientNet-Lite0's logits (up to about 15) move by
+# up to 0.05 and 0.6 on the photos.
+HALF_TOLERANCE = {"fp16": 0.1, "bf16": 1.0}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_stays_close_to_float32(
+    precision: str, photos: dict[str, bytes], float32_logits: np.ndarray, record_property
+) -> None:
+    half = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, precision=precision)
+    assert half.precision == precision
+    ours = half.logits(list(photos.values()))
+    assert ours.dtype == np.float32
+    assert_close_to_float32(ours, float32_logits, HALF_TOLERANCE[precision], record_property)
 
 
 @pytest.mark.gpu
@@ -178,6 +218,21 @@ def test_cuda_matches_cpu(photos: dict[str, bytes]) -> None:
     gpu = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, device="cuda")
     assert gpu.device == "cuda:0"
     np.testing.assert_allclose(gpu.logits(data), cpu.logits(data), atol=1e-2)
+    results = gpu.classify(data * 3, top_k=1)  # larger than one pass: pinned copies reused
+    assert [r.top_k[0][0] for r in results] == list(cpu.logits(data).argmax(1)) * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bmf.cuda_device_count() == 0, reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_half_precision_stays_close_to_float32(
+    precision: str, photos: dict[str, bytes], float32_logits: np.ndarray, record_property
+) -> None:
+    gpu = bmf.ImageClassifier(
+        DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, device="cuda", precision=precision
+    )
+    ours = gpu.logits(list(photos.values()))
+    assert_close_to_float32(ours, float32_logits, HALF_TOLERANCE[precision], record_property)
 
 
 def test_photo_files_are_the_committed_recipe(photos: dict[str, bytes]) -> None:

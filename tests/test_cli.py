@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import beam_ml_flink as bmf
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
 
 PRISM = Path(os.environ.get("PRISM_LOCATION", ROOT / "build" / "bin" / "prism"))
@@ -136,12 +137,22 @@ def test_original_pipeline_flags_and_csv_output(tmp_path: Path, photos: dict[str
         (["--model_state_dict_path=x.pth"], "--model_state_dict_path needs --model_name"),
         ([f"--model_path={DEMO_MODEL}", "--resize=2x2"], "--resize takes a shorter side"),
         ([f"--model_path={DEMO_MODEL}", "--mean=1,2"], "expected three comma-separated numbers"),
+        ([f"--model_path={DEMO_MODEL}", "--precision=int8"], "--precision: invalid choice"),
     ],
 )
 def test_usage_errors_are_clear(tmp_path: Path, args: list[str], message: str) -> None:
     run = classify("--input=images.txt", f"--output={tmp_path / 'out'}", *args)
     assert run.returncode == 2
     assert message in run.stderr
+
+
+@pytest.mark.skipif(bmf.cuda_device_count() > 0, reason="this machine has a GPU")
+def test_a_gpu_that_is_not_there_stops_the_command_before_the_pipeline(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "results"
+    run = classify(*demo_args(IMAGES, output), "--device=GPU", "--runner=DirectRunner")
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "device 'cuda:0' was asked for" in run.stderr and "use device='cpu'" in run.stderr
+    assert not output.parent.exists()
 
 
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:

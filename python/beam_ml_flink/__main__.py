@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_ml_flink._core import Error
@@ -39,6 +39,8 @@ from beam_ml_flink.streaming import Watch, watched_image_uris
 # The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
 BATCH_ONLY_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 FLINK_RUNNERS = ("FlinkRunner", "PortableRunner")
+# Runners whose workers are this process or its children, on this machine.
+LOCAL_RUNNERS = (*BATCH_ONLY_RUNNERS, "PrismRunner")
 # Flink's "forever" for --shutdown_sources_after_idle_ms (Java's Long.MAX_VALUE).
 FOREVER_MS = 2**63 - 1
 
@@ -97,6 +99,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     return args, PipelineOptions(beam_argv)
 
 
+def _workers_here(options: PipelineOptions) -> bool:
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").split(".")[-1]
+    environment = options.view_as(PortableOptions).environment_type or ""
+    return runner in LOCAL_RUNNERS or environment.upper() == "LOOPBACK"
+
+
 def _given(argv: list[str], option: str) -> bool:
     return any(a == f"--{option}" or a.startswith(f"--{option}=") for a in argv)
 
@@ -119,6 +127,7 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         draft=args.draft,
         optimize=not args.no_optimize,
         forward_batch_size=args.forward_batch_size,
+        precision=args.precision,
         watch_models=args.watch_models,
         poll_interval=args.poll_interval,
         min_batch_size=args.batch_size,
@@ -126,15 +135,17 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     )
 
 
-def check_model(args: argparse.Namespace) -> None:
-    """Loads a local model once, on the CPU, before the pipeline starts: a model the workers could
-    not use (not TorchScript, not a classifier, the wrong input size or labels) stops the command
-    with its reason and exit code 2, instead of failing every worker."""
+def check_model(args: argparse.Namespace, options: PipelineOptions) -> None:
+    """Loads a local model once before the pipeline starts: a model the workers could not use
+    (not TorchScript, not a classifier, the wrong input size or labels, a GPU that is not there)
+    stops the command with its reason and exit code 2, instead of failing every worker. It loads
+    on the CPU unless the workers run on this machine, whose device is then the one checked."""
     model = args.model_path or args.model_state_dict_path
     if not os.path.isfile(model):
         return  # a remote URI: the workers read it
+    device = args.device if _workers_here(options) else "cpu"
     try:
-        handler_for(argparse.Namespace(**{**vars(args), "device": "cpu"})).load_model()
+        handler_for(argparse.Namespace(**{**vars(args), "device": device})).load_model()
     except (Error, ValueError, OSError) as e:
         sys.stderr.write(f"python -m beam_ml_flink: error: {e}\n")
         sys.exit(2)
@@ -143,7 +154,7 @@ def check_model(args: argparse.Namespace) -> None:
 def run(argv: Sequence[str] | None = None) -> PipelineResult:
     """Builds and runs the pipeline, waits for it, and logs a summary."""
     args, options = parse(sys.argv[1:] if argv is None else argv)
-    check_model(args)
+    check_model(args, options)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     streaming = options.view_as(StandardOptions).streaming

@@ -78,7 +78,8 @@ def preprocess(
     """
 
 def cuda_device_count() -> int:
-    """Number of CUDA devices the installed libtorch can use (0 without a GPU)."""
+    """Number of CUDA devices the installed libtorch can use (0 without a GPU, its driver, or a
+    torch built with CUDA)."""
 
 @final
 class Classification:
@@ -122,7 +123,9 @@ class ImageClassifier:
 
     Args:
         model_path: A TorchScript file saved by ``torch.jit.save``, returning [N, classes] logits.
-        device: 'cpu', 'cuda' or 'cuda:N'.
+        device: 'cpu', 'cuda' or 'cuda:N'. On CUDA each forward pass's images are copied into
+            pinned memory and on to the GPU without blocking; the CUDA libraries are those of the
+            installed torch (PyPI's Linux wheels carry them), and an NVIDIA driver is needed.
         resize: As in :func:`preprocess`.
         crop: As in :func:`preprocess`.
         mean: As in :func:`preprocess`.
@@ -139,12 +142,17 @@ class ImageClassifier:
             answers. None: 8 on the CPU (small batches keep the
             activations in the caches: 1.3-1.4x faster per image than 32 on MobileNetV2 and
             EfficientNet-Lite0), the whole batch on CUDA.
+        precision: What the model computes in: 'fp32' (as saved), 'fp16' or 'bf16'. The
+            model's parameters are cast before it is frozen, each batch after it reaches the
+            device; logits come back as float32. Half precisions are for GPUs (fp16's tensor
+            cores, bf16 from Ampere on); the CPU runs them too, usually slower than fp32.
 
     Raises:
         FileNotFoundError: The model or labels file does not exist.
         ModelLoadError: The file is not TorchScript, does not accept the preprocessed size,
             does not return [N, classes], or has a different number of classes than labels.
-        ValueError: An option is out of range, or CUDA was asked for and is not available.
+        ValueError: An option is out of range, or CUDA was asked for and is not available
+            (the message says whether the installed torch lacks CUDA or the machine a GPU).
     """
 
     def __new__(
@@ -161,6 +169,7 @@ class ImageClassifier:
         draft: bool = False,
         optimize: bool = True,
         forward_batch_size: int | None = None,
+        precision: str = "fp32",
     ) -> ImageClassifier: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.
@@ -178,6 +187,9 @@ class ImageClassifier:
     @property
     def device(self) -> str:
         """The device the model runs on, as 'cpu' or 'cuda:N'."""
+    @property
+    def precision(self) -> str:
+        """What the model computes in: 'fp32', 'fp16' or 'bf16'."""
     @property
     def model_path(self) -> str:
         """The model file."""

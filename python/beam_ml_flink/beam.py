@@ -49,6 +49,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             runs it as saved.
         forward_batch_size: The most images per forward pass; a larger Beam batch, once
             decoded, runs as several (None: 8 on the CPU, the whole batch on CUDA).
+        precision: 'fp32' (as saved), 'fp16' or 'bf16': what the model computes in; the
+            half precisions are for GPUs.
         watch_models: A folder or glob of model files: one added there after the handler was
             made replaces the model (polled every ``poll_interval`` seconds), on any runner;
             each prediction's ``model_id`` names the file that made it. Beam's own refresh
@@ -78,6 +80,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         draft: bool = False,
         optimize: bool = True,
         forward_batch_size: int | None = None,
+        precision: str = "fp32",
         watch_models: str | None = None,
         poll_interval: float = 5.0,
         min_batch_size: int | None = None,
@@ -107,6 +110,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         self._draft = draft
         self._optimize = optimize
         self._forward_batch_size = forward_batch_size
+        self._precision = precision
         self._watch_models = watch_models
         self._poll_interval = poll_interval
         # Models written after the pipeline was made are new; the ones already there are not.
@@ -138,6 +142,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             draft=self._draft,
             optimize=self._optimize,
             forward_batch_size=self._forward_batch_size,
+            precision=self._precision,
         )
 
     def run_inference(

@@ -146,6 +146,13 @@ class ImageClassificationOptions(PipelineOptions):
             help="Most images per forward pass; a larger batch, once decoded, runs as several "
             "(default: 8 on the CPU, the whole batch on CUDA).",
         )
+        parser.add_argument(
+            "--precision",
+            choices=("fp32", "fp16", "bf16"),
+            default="fp32",
+            help="What the model computes in: fp32 as saved (default), or fp16 / bf16 on a GPU "
+            "(the CPU runs them too, usually slower).",
+        )
         # With Beam's --streaming, --input (a folder or glob) is watched.
         parser.add_argument(
             "--poll_interval",
