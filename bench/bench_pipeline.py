@@ -9,7 +9,12 @@ run, rounds alternate the contenders so that machine noise hits all of them:
 - ours: ImageClassifierHandler in RunInference (bytes in, one Rust call per batch; the model
   optimized for inference, its default), and ours unoptimized (optimize=False);
 - limit: the bare model forward on ready tensors of batch 32, as saved, and limit optimized;
-  and the optimized forward in passes of 8 images, as ours runs the model on the CPU.
+  and the optimized forward in passes of 8 images, as ours runs the model on the CPU;
+- on request (--contenders): ours fp16 and ours bf16, the model in half precision.
+
+With --device cuda every contender's model runs on the GPU (Beam's handler with device="GPU";
+the limits copy each ready batch to the GPU inside the clock), and the results go to
+pipeline-cuda.md.
 
 Every contender runs in a child process, so that its peak RSS is its own. Writes
 bench/results/pipeline.md and pipeline.png and prints the table.
@@ -102,7 +107,9 @@ def make_models() -> None:
 # --- what a child process runs ---------------------------------------------------------------
 
 
-def stock_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runner: str) -> dict:
+def stock_pipeline(
+    paths: list[str], model: str, mean, std, optimize: bool, runner: str, device: str
+) -> dict:
     import apache_beam as beam
     import torch
     from apache_beam.io.filesystems import FileSystems
@@ -131,7 +138,10 @@ def stock_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runn
 
     handler_class = OptimizedHandler if optimize else PytorchModelHandlerTensor
     handler = handler_class(
-        torch_script_model_path=model, device="CPU", min_batch_size=BATCH, max_batch_size=BATCH
+        torch_script_model_path=model,
+        device="GPU" if device == "cuda" else "CPU",
+        min_batch_size=BATCH,
+        max_batch_size=BATCH,
     )
 
     def build(p):
@@ -146,7 +156,16 @@ def stock_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runn
     return _run(runner, build)
 
 
-def ours_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runner: str) -> dict:
+def ours_pipeline(
+    paths: list[str],
+    model: str,
+    mean,
+    std,
+    optimize: bool,
+    runner: str,
+    device: str,
+    precision: str = "fp32",
+) -> dict:
     import apache_beam as beam
 
     from beam_ml_flink.beam import ImageClassifierHandler
@@ -158,6 +177,8 @@ def ours_pipeline(paths: list[str], model: str, mean, std, optimize: bool, runne
         std=std,
         top_k=1,
         optimize=optimize,
+        device=device,
+        precision=precision,
         min_batch_size=BATCH,
         max_batch_size=BATCH,
     )
@@ -217,13 +238,20 @@ def _runner_args(runner: str) -> list[str]:
 
 
 def bare_forward(
-    paths: list[str], model: str, mean, std, optimize: bool, runner: str, passes_of: int = BATCH
+    paths: list[str],
+    model: str,
+    mean,
+    std,
+    optimize: bool,
+    runner: str,
+    device: str,
+    passes_of: int = BATCH,
 ) -> dict:
     import torch
 
     import beam_ml_flink as bmf
 
-    module = torch.jit.load(model).eval()
+    module = torch.jit.load(model, map_location=device).eval()
     if optimize:
         module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
     # Ready tensors: the images preprocessed before the clock starts.
@@ -232,10 +260,11 @@ def bare_forward(
         data = [Path(p).read_bytes() for p in paths[i : i + BATCH]]
         batches.append(torch.from_numpy(bmf.preprocess(data, mean=mean, std=std)))
     with torch.no_grad():
-        module(batches[0][:2])
+        module(batches[0][:2].to(device))
         start = time.perf_counter()
         top1 = {}
         for i, batch in enumerate(batches):
+            batch = batch.to(device)
             logits = torch.cat([module(part) for part in batch.split(passes_of)])
             for j, index in enumerate(logits.argmax(1).tolist()):
                 top1[paths[i * BATCH + j]] = index
@@ -248,6 +277,8 @@ CHILD = {
     "stock optimized": (stock_pipeline, True),
     "ours": (ours_pipeline, True),
     "ours unoptimized": (ours_pipeline, False),
+    "ours fp16": (partial(ours_pipeline, precision="fp16"), True),
+    "ours bf16": (partial(ours_pipeline, precision="bf16"), True),
     "limit": (bare_forward, False),
     "limit optimized": (bare_forward, True),
     "limit optimized (passes of 8)": (partial(bare_forward, passes_of=8), True),
@@ -259,7 +290,13 @@ def child_main(spec: str) -> None:
     run, optimize = CHILD[job["contender"]]
     paths = job["paths"]
     result = run(
-        paths, job["model"], tuple(job["mean"]), tuple(job["std"]), optimize, job["runner"]
+        paths,
+        job["model"],
+        tuple(job["mean"]),
+        tuple(job["std"]),
+        optimize,
+        job["runner"],
+        job["device"],
     )
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
@@ -297,6 +334,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -305,6 +348,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--sets", help="comma-separated image sets (default: all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     if args.child:
         child_main(args.child)
@@ -334,6 +378,7 @@ def main() -> None:
                             "mean": mean,
                             "std": std,
                             "runner": runner,
+                            "device": args.device,
                         }
                         result = run_child(job)
                         results[contender].append(result)
@@ -346,7 +391,7 @@ def main() -> None:
                             flush=True,
                         )
                 rows.append(summarize(runner, model_name, set_name, len(paths), results))
-    write_results(rows, args.repeats)
+    write_results(rows, args.repeats, args.device)
 
 
 def summarize(runner: str, model: str, images: str, count: int, results: dict) -> dict:
@@ -376,14 +421,16 @@ def summarize(runner: str, model: str, images: str, count: int, results: dict) -
     }
 
 
-def write_results(rows: list[dict], repeats: int) -> None:
+def write_results(rows: list[dict], repeats: int, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gpu = f"; models on {gpu_name()}" if device == "cuda" else ""
     lines = [
-        f"Machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}. "
+        f"Machine: {os.cpu_count()} cores, {cpu_model()}{gpu}; "
+        f"Python {platform.python_version()}. "
         f"Batch {BATCH}; images/s as median (min-max) of {repeats} runs per contender, the "
         "contenders alternating. images/s counts the steady part of a run, from the first image "
         "entering the pipeline's fused stage (pipeline, workers and model started) to the last "
@@ -417,7 +464,8 @@ def write_results(rows: list[dict], repeats: int) -> None:
             )
     table = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pipeline.md").write_text(table)
+    name = "pipeline" if device == "cpu" else f"pipeline-{device}"
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
 
     fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4), squeeze=False)
@@ -433,7 +481,7 @@ def write_results(rows: list[dict], repeats: int) -> None:
         ax.set_title(f"{row['runner']}\n{row['model']}, {row['images']}", fontsize=9)
         ax.set_xlabel("images/s (median)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "pipeline.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
 if __name__ == "__main__":

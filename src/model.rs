@@ -8,7 +8,7 @@ use std::str::FromStr;
 use tch::{Kind, TchError, Tensor};
 
 use crate::error::{Error, Result};
-use crate::torchscript::{load_cuda_backend, LoadError, ScriptModule};
+use crate::torchscript::{load_cuda_backend, to_cuda_pinned, LoadError, ScriptModule};
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,12 +265,9 @@ impl Model {
         .map_err(|e| fail(torch_reason(e)))?;
         let tensor = match self.options.device {
             Device::Cpu => tensor,
-            Device::Cuda(n) => tensor
-                .f_pin_memory(tch::Device::Cuda(n))
-                .and_then(|pinned| {
-                    pinned.f_to_device_(tch::Device::Cuda(n), Kind::Float, true, false)
-                })
-                .map_err(|e| fail(torch_reason(e)))?,
+            Device::Cuda(n) => {
+                to_cuda_pinned(&tensor, n).map_err(|e| fail(trim_libtorch_message(&e)))?
+            }
         };
         let tensor = match self.options.precision {
             Precision::Float32 => tensor,

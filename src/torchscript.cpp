@@ -1,6 +1,7 @@
 // The TorchScript calls that tch does not expose: load a module, cast it to a precision, freeze
 // it and optimize it for inference (what torch.jit.freeze and torch.jit.optimize_for_inference do
-// in Python), and run its forward; and load libtorch's CUDA backend. A C ABI for
+// in Python), and run its forward; copy a batch to CUDA through pinned memory; and load
+// libtorch's CUDA backend. A C ABI for
 // src/torchscript.rs; every C++ exception becomes an error string.
 #include <dlfcn.h>
 #include <torch/script.h>
@@ -69,6 +70,21 @@ at::Tensor* bmf_module_forward(void* module, const at::Tensor* input, char** err
       return nullptr;
     }
     return new at::Tensor(output.toTensor());
+  } catch (const std::exception& e) {
+    *error = copy_message(e.what());
+  } catch (...) {
+    *error = copy_message("unknown C++ exception");
+  }
+  return nullptr;
+}
+
+// The batch copied into pinned memory, then to the CUDA device without blocking the caller: the
+// caching host allocator keeps the pinned block until the copy is done. (tch's pin_memory passes
+// a device, which libtorch deprecates with a warning on every call.)
+at::Tensor* bmf_to_cuda_pinned(const at::Tensor* input, int device, char** error) {
+  try {
+    c10::Device where(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+    return new at::Tensor(input->pin_memory().to(where, /*non_blocking=*/true));
   } catch (const std::exception& e) {
     *error = copy_message(e.what());
   } catch (...) {

@@ -1,6 +1,7 @@
 //! A TorchScript module through src/torchscript.cpp: tch's `CModule` cannot freeze a module or
 //! optimize it for inference, which on the CPU makes convolutional models several times faster.
-//! And libtorch's CUDA backend, which nothing links.
+//! And the CUDA side: libtorch's CUDA backend, which nothing links, and a copy to a CUDA device
+//! through pinned memory.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
@@ -21,6 +22,11 @@ extern "C" {
     fn bmf_module_forward(
         module: *mut c_void,
         input: *const torch_sys::C_tensor,
+        error: *mut *mut c_char,
+    ) -> *mut torch_sys::C_tensor;
+    fn bmf_to_cuda_pinned(
+        input: *const torch_sys::C_tensor,
+        device: c_int,
         error: *mut *mut c_char,
     ) -> *mut torch_sys::C_tensor;
     fn bmf_module_free(module: *mut c_void);
@@ -45,6 +51,19 @@ pub fn load_cuda_backend() -> Result<(), String> {
             }
         })
         .clone()
+}
+
+/// `input` (on the CPU) on CUDA device `index`: copied into pinned memory, then to the device
+/// with a non-blocking copy, ordered before any later work on the device's current stream.
+pub fn to_cuda_pinned(input: &Tensor, index: usize) -> Result<Tensor, String> {
+    let mut error = std::ptr::null_mut();
+    // SAFETY: `input` is a valid tensor for the call's duration; the out-parameter is valid.
+    let output = unsafe { bmf_to_cuda_pinned(input.as_ptr(), index as c_int, &mut error) };
+    if output.is_null() {
+        return Err(take_error(error));
+    }
+    // SAFETY: the C++ side returned a new heap tensor that we now own.
+    Ok(unsafe { Tensor::from_ptr(output) })
 }
 
 /// Takes the message the C++ side allocated.

@@ -8,6 +8,7 @@ use _core::batch::preprocess_batch;
 use _core::classify::{Classifier, Outcome};
 use _core::decode::DecodeOptions;
 use _core::model::{cuda_device_count, Device, Model, ModelOptions, Precision};
+use _core::torchscript::to_cuda_pinned;
 use _core::transform::{PreprocessSpec, Resize};
 use _core::Error;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
@@ -339,6 +340,24 @@ fn cuda_needs_a_device_and_says_so() {
             maps.contains("/libtorch_cuda.so"),
             "libtorch_cuda.so is not loaded"
         );
+    }
+}
+
+#[test]
+fn the_pinned_copy_to_cuda_keeps_the_values_or_fails_cleanly() {
+    let values: Vec<f32> = (0..3 * 8 * 8).map(|i| i as f32 / 7.0).collect();
+    let input = tch::Tensor::from_slice(&values).view([1, 3, 8, 8]);
+    match to_cuda_pinned(&input, 0) {
+        Ok(on_gpu) => {
+            assert!(cuda_device_count() > 0);
+            assert_eq!(on_gpu.device(), tch::Device::Cuda(0));
+            let back = Vec::<f32>::try_from(on_gpu.to_device(tch::Device::Cpu).reshape([-1]));
+            assert_eq!(back.unwrap(), values);
+        }
+        Err(reason) => {
+            assert_eq!(cuda_device_count(), 0, "{reason}");
+            assert!(!reason.is_empty());
+        }
     }
 }
 
