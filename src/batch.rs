@@ -3,7 +3,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use fast_image_resize::Resizer;
 use rayon::prelude::*;
 
 use crate::decode::{decode_rgb8, DecodeOptions};
@@ -52,9 +51,7 @@ pub fn preprocess_batch<B: AsRef<[u8]> + Sync>(
     let results: Vec<Result<()>> = data
         .par_chunks_mut(len)
         .zip(images.par_iter())
-        .map_init(Resizer::new, |resizer, (slot, bytes)| {
-            preprocess_one(bytes.as_ref(), spec, decode, resizer, slot)
-        })
+        .map(|(slot, bytes)| preprocess_one(bytes.as_ref(), spec, decode, slot))
         .collect();
 
     let mut ok = Vec::with_capacity(images.len());
@@ -85,13 +82,12 @@ fn preprocess_one(
     bytes: &[u8],
     spec: &PreprocessSpec,
     decode: &DecodeOptions,
-    resizer: &mut Resizer,
     slot: &mut [f32],
 ) -> Result<()> {
     // A decoder bug on a hostile file must cost one image, not the worker.
     catch_unwind(AssertUnwindSafe(|| {
         let image = decode_rgb8(bytes, decode)?;
-        spec.write(&image, slot, resizer)
+        spec.write(&image, slot)
     }))
     .unwrap_or_else(|panic| {
         let reason = panic

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::batch::{preprocess_batch, Batch};
 use crate::decode::DecodeOptions;
 use crate::error::{Error, Result};
-use crate::model::{Device, Logits, Model, ModelOptions};
+use crate::model::{Device, Logits, Model, ModelOptions, Precision};
 use crate::transform::PreprocessSpec;
 
 /// One class of a prediction.
@@ -70,15 +70,17 @@ impl Classifier {
         let model = Model::load(model_path, options)?;
         let (height, width) = spec.output_size();
         let mut blank = vec![0.0f32; spec.image_len()];
+        let precision_hint = match options.precision {
+            Precision::Float32 => String::new(),
+            other => format!(", and that {} can run the model in {other}", options.device),
+        };
         let probe = model
             .forward(&mut blank, 1, height, width)
             .map_err(|e| Error::ModelLoad {
                 path: model_path.to_path_buf(),
                 reason: format!(
-                    "a test forward on one 3x{height}x{width} image in {} on {} failed ({e}); \
-                     check that resize and crop give the input size the model expects, and \
-                     that the device supports the precision",
-                    options.precision, options.device
+                    "a test forward on one 3x{height}x{width} image failed ({e}); check that \
+                     resize and crop give the input size the model expects{precision_hint}"
                 ),
             })?;
         let num_classes = probe.classes;

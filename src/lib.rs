@@ -8,6 +8,7 @@ pub mod decode;
 pub mod error;
 pub mod model;
 pub mod python;
+pub mod resample;
 pub mod torchscript;
 pub mod transform;
 

@@ -2,11 +2,10 @@
 //! with the arithmetic of torchvision's `Resize`, `CenterCrop`, `ToTensor` and `Normalize` on PIL
 //! images.
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
 use crate::error::{Error, Result};
+use crate::resample::resize_rgb8;
 
 /// How the decoded image is brought to the model's input size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,40 +121,42 @@ impl PreprocessSpec {
     }
 
     /// Writes `image`, preprocessed, into `out` (length [`Self::image_len`]) as three planes.
-    pub fn write(&self, image: &RgbImage, out: &mut [f32], resizer: &mut Resizer) -> Result<()> {
+    pub fn write(&self, image: &RgbImage, out: &mut [f32]) -> Result<()> {
         debug_assert_eq!(out.len(), self.image_len());
         let (width, height) = image.dimensions();
-        let (out_h, out_w) = self.output_size();
-        let src = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
-            .map_err(|e| resize_error(width, height, e))?;
-        let mut dst = Image::new(out_w as u32, out_h as u32, PixelType::U8x3);
-        let mut options =
-            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-        if let Resize::ShorterSide(side) = self.resize {
-            // Resizing only the source box under the center crop gives the same pixels as
-            // resizing the whole image and cropping after (the filter keeps the full image's
-            // scale and borders), without computing the rows and columns the crop throws away.
-            let (rw, rh) = resized_size(width, height, side);
-            let top = center_offset(rh, self.crop);
-            let left = center_offset(rw, self.crop);
-            let sx = f64::from(width) / f64::from(rw);
-            let sy = f64::from(height) / f64::from(rh);
-            // The box is clamped to the image: `crop * sx` can round past its edge (31 * 59/31).
-            let (x, y) = (f64::from(left) * sx, f64::from(top) * sy);
-            options = options.crop(
-                x,
-                y,
-                (f64::from(self.crop) * sx).min(f64::from(width) - x),
-                (f64::from(self.crop) * sy).min(f64::from(height) - y),
-            );
+        if width == 0 || height == 0 {
+            return Err(resize_error(width, height, "the image has no pixels"));
         }
-        resizer
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| resize_error(width, height, e))?;
+        let (out_h, out_w) = self.output_size();
+        // The center crop is resized alone: each output pixel's taps depend on its position in
+        // the whole resized image only, so these are the pixels of a full resize, then a crop.
+        let (resized, cols, rows) = match self.resize {
+            Resize::ShorterSide(side) => {
+                let (rw, rh) = resized_size(width, height, side);
+                let (left, top) = (center_offset(rw, self.crop), center_offset(rh, self.crop));
+                (
+                    (rw as usize, rh as usize),
+                    left as usize..(left + self.crop) as usize,
+                    top as usize..(top + self.crop) as usize,
+                )
+            }
+            Resize::Exact { height, width } => (
+                (width as usize, height as usize),
+                0..width as usize,
+                0..height as usize,
+            ),
+        };
+        let pixels = resize_rgb8(
+            image.as_raw(),
+            (width as usize, height as usize),
+            resized,
+            cols,
+            rows,
+        );
         let plane = out_h * out_w;
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
-        for (i, px) in dst.buffer().chunks_exact(3).enumerate() {
+        for (i, px) in pixels.chunks_exact(3).enumerate() {
             r[i] = self.table[0][px[0] as usize];
             g[i] = self.table[1][px[1] as usize];
             b[i] = self.table[2][px[2] as usize];

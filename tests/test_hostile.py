@@ -15,9 +15,10 @@ from test_cli import classify, demo_args, image_list, read_jsonl
 import beam_ml_flink as bmf
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, reference
 
-# Our pixels differ from PIL's by at most one 8-bit level, so a class the reference ranks within
-# this much probability of its best may come first for us.
-NEAR_TIE = 0.01
+# Our pixels are PIL's and the model is frozen and optimized, which rounds differently from
+# torch's own run: a class the reference ranks within this much probability of its best may
+# come first for us.
+NEAR_TIE = 1e-4
 
 
 @pytest.fixture(scope="module")
