@@ -27,6 +27,8 @@ impl Taps {
         // The bilinear filter's support is 1 input pixel, widened when downscaling.
         let support = filter_scale;
         let stride = support.ceil() as usize * 2 + 1;
+        // Pillow multiplies by the reciprocal: a division would round differently now and then.
+        let inverse = 1.0 / filter_scale;
         let mut bounds = Vec::with_capacity(outputs.len());
         let mut weights = vec![0i32; outputs.len() * stride];
         let mut row = vec![0f64; stride];
@@ -38,7 +40,7 @@ impl Taps {
             let count = end - first;
             let mut total = 0.0;
             for (x, w) in row.iter_mut().take(count).enumerate() {
-                let t = ((x + first) as f64 - center + 0.5) / filter_scale;
+                let t = ((x + first) as f64 - center + 0.5) * inverse;
                 *w = (1.0 - t.abs()).max(0.0);
                 total += *w;
             }
