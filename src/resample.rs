@@ -59,24 +59,23 @@ impl Taps {
         }
     }
 
-    /// Every output's window moved inside `0..in_size` and widened to `stride` taps (the extra
-    /// taps weigh 0), so that the horizontal pass runs one fixed-length loop; `None` when the
-    /// input is narrower than a window.
-    fn fixed_windows(&self, in_size: usize) -> Option<(Vec<usize>, Vec<i32>)> {
-        let n = self.stride;
-        if in_size < n {
-            return None;
-        }
+    /// Every output's window moved inside `0..in_size` and widened to one tap count `n` (the
+    /// extra taps weigh 0), so that the horizontal pass runs one fixed-length loop: `n`, each
+    /// window's first index, and `n` weights per output.
+    fn fixed_windows(&self, in_size: usize) -> (usize, Vec<usize>, Vec<i32>) {
+        // No window holds more than the whole input.
+        let n = self.stride.min(in_size);
         let mut firsts = Vec::with_capacity(self.bounds.len());
         let mut weights = vec![0i32; self.bounds.len() * n];
         for (slot, &(first, count)) in self.bounds.iter().enumerate() {
             let start = first.min(in_size - n);
             let shift = first - start;
+            let from = slot * self.stride;
             weights[slot * n + shift..slot * n + shift + count]
-                .copy_from_slice(&self.weights[slot * n..slot * n + count]);
+                .copy_from_slice(&self.weights[from..from + count]);
             firsts.push(start);
         }
-        Some((firsts, weights))
+        (n, firsts, weights)
     }
 
     fn of(&self, slot: usize) -> (usize, &[i32]) {
@@ -184,9 +183,9 @@ fn resize(
     out
 }
 
-#[inline(always)]
 /// The horizontal pass: `src_rows` of `src` resized from `width` to `out_width` columns, of which
 /// `cols` are kept.
+#[inline(always)]
 fn horizontal_pass(
     src: &[u8],
     width: usize,
@@ -194,89 +193,58 @@ fn horizontal_pass(
     cols: Range<usize>,
     src_rows: Range<usize>,
 ) -> Vec<u8> {
-    let taps = Taps::new(width, out_width, cols.clone());
+    let (n, firsts, weights) = Taps::new(width, out_width, cols.clone()).fixed_windows(width);
     let mut band = vec![0u8; src_rows.len() * cols.len() * 3];
-    // Each source row with the byte after it where there is one: the fixed-tap loop reads
-    // pixels four bytes at a time.
     let lines = band
         .chunks_exact_mut(cols.len() * 3)
         .zip(src_rows)
-        .map(|(out, y)| {
+        .map(|(out_row, y)| {
+            // The row with the byte after it where there is one: pixels are read four bytes at a time.
             (
-                out,
                 &src[y * width * 3..((y + 1) * width * 3 + 1).min(src.len())],
+                out_row,
             )
         });
-    match taps.fixed_windows(width) {
-        // Constant tap counts for the common downscales (up to 4x), which the compiler unrolls.
-        Some((firsts, weights)) => match taps.stride {
-            3 => lines.for_each(|(o, i)| horizontal_fixed(i, &firsts, &weights, 3, o)),
-            5 => lines.for_each(|(o, i)| horizontal_fixed(i, &firsts, &weights, 5, o)),
-            7 => lines.for_each(|(o, i)| horizontal_fixed(i, &firsts, &weights, 7, o)),
-            9 => lines.for_each(|(o, i)| horizontal_fixed(i, &firsts, &weights, 9, o)),
-            n => lines.for_each(|(o, i)| horizontal_fixed(i, &firsts, &weights, n, o)),
-        },
-        None => lines.for_each(|(o, i)| horizontal_any(i, &taps, o)),
+    // Constant tap counts for the common downscales (up to 4x), which the compiler unrolls.
+    match n {
+        3 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 3, o)),
+        5 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 5, o)),
+        7 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 7, o)),
+        9 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 9, o)),
+        n => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, n, o)),
     }
     band
 }
 
-/// One row of the horizontal pass, any number of taps per output.
+/// One row of the horizontal pass, `n` taps per output.
 #[inline(always)]
-fn horizontal_any(in_row: &[u8], taps: &Taps, out_row: &mut [u8]) {
-    for (slot, px) in out_row.chunks_exact_mut(3).enumerate() {
-        let (first, weights) = taps.of(slot);
-        let window = &in_row[first * 3..(first + weights.len()) * 3];
-        let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-        for (rgb, &w) in window.chunks_exact(3).zip(weights) {
-            r += i32::from(rgb[0]) * w;
-            g += i32::from(rgb[1]) * w;
-            b += i32::from(rgb[2]) * w;
-        }
-        px[0] = clip8(r);
-        px[1] = clip8(g);
-        px[2] = clip8(b);
-    }
-}
-
-/// One row of the horizontal pass with `n` taps for every output.
-#[inline(always)]
-fn horizontal_fixed(
-    in_row: &[u8],
-    firsts: &[usize],
-    weights: &[i32],
-    n: usize,
-    out_row: &mut [u8],
-) {
+fn horizontal_row(in_row: &[u8], firsts: &[usize], weights: &[i32], n: usize, out_row: &mut [u8]) {
     for ((px, &first), w) in out_row
         .chunks_exact_mut(3)
         .zip(firsts)
         .zip(weights.chunks_exact(n))
     {
-        let sums = match in_row.get(first * 3..first * 3 + n * 3 + 1) {
-            // A pixel and the next byte as four lanes, one multiply-add per tap.
-            Some(window) => {
-                let mut sums = [HALF; 4];
-                for (px, &wk) in window.windows(4).step_by(3).zip(w) {
-                    for (s, &v) in sums.iter_mut().zip(px) {
-                        *s += i32::from(v) * wk;
-                    }
-                }
-                sums
-            }
-            None => {
-                let window = &in_row[first * 3..first * 3 + n * 3];
-                let mut sums = [HALF; 4];
-                for k in 0..n {
-                    for (s, &v) in sums.iter_mut().zip(&window[3 * k..3 * k + 3]) {
-                        *s += i32::from(v) * w[k];
-                    }
-                }
-                sums
-            }
+        let start = first * 3;
+        let sums = match in_row.get(start..start + n * 3 + 1) {
+            Some(window) => weighted_sums::<4>(window, w),
+            None => weighted_sums::<3>(&in_row[start..start + n * 3], w),
         };
         px[0] = clip8(sums[0]);
         px[1] = clip8(sums[1]);
         px[2] = clip8(sums[2]);
     }
+}
+
+/// `HALF + sum of pixel * weight` per channel over consecutive RGB pixels, each read as `LANES`
+/// bytes: four (the pixel and the next byte, a lane that is ignored) make one vector
+/// multiply-add per tap; three where the row has no byte after the window.
+#[inline(always)]
+fn weighted_sums<const LANES: usize>(window: &[u8], weights: &[i32]) -> [i32; 4] {
+    let mut sums = [HALF; 4];
+    for (px, &w) in window.windows(LANES).step_by(3).zip(weights) {
+        for (s, &v) in sums.iter_mut().zip(px) {
+            *s += i32::from(v) * w;
+        }
+    }
+    sums
 }
