@@ -1,6 +1,7 @@
 //! Pillow's bilinear resize (`Image.resize(size, Image.BILINEAR)`, what torchvision's `Resize`
 //! runs on PIL images), bit for bit: the same filter taps, the same 22-bit fixed-point weights,
-//! a horizontal pass rounded to 8 bits, then a vertical pass. A SIMD resizer such as
+//! a horizontal pass rounded to 8 bits, then a vertical pass (the other way round for very tall
+//! images, as Pillow 12's `Image.resize` does). A SIMD resizer such as
 //! fast_image_resize rounds its 16-bit weights differently and lands one level off on about one
 //! pixel in seven, which moves a model's logits by a tenth; here the pixels are the recipe's.
 
@@ -129,8 +130,28 @@ fn resize_avx2(
     resize(src, width_height, out_size, cols, rows)
 }
 
+/// Pillow 12's `Image.resize` shrinks an image more than 100 times taller than wide in height
+/// first, then in width (two calls, each rounded to 8 bits); any other image width first.
 #[inline(always)]
 fn resize(
+    src: &[u8],
+    (width, height): (usize, usize),
+    (out_width, out_height): (usize, usize),
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    if height > width * 100 && out_height < height {
+        let kept = rows.len();
+        let narrow = passes(src, (width, height), (width, out_height), 0..width, rows);
+        return passes(&narrow, (width, kept), (out_width, kept), cols, 0..kept);
+    }
+    passes(src, (width, height), (out_width, out_height), cols, rows)
+}
+
+/// Pillow's resample: a horizontal pass where the width changes, then a vertical pass where the
+/// height does.
+#[inline(always)]
+fn passes(
     src: &[u8],
     (width, height): (usize, usize),
     (out_width, out_height): (usize, usize),

@@ -94,6 +94,17 @@ def test_formats_and_modes_match_the_recipe(photo: Image.Image, variant: str) ->
     assert level_diff(_variants(photo)[variant], draft=False).max() == 0
 
 
+@pytest.mark.parametrize(
+    ("size", "resize"),
+    [((2, 416), (379, 186)), ((3, 700), 256), ((5, 501), (224, 224)), ((2, 300), (320, 9))],
+    ids=["tall-shrinking", "tall-growing-resize256", "just-over-100x-shrinking", "tall-growing"],
+)
+def test_very_tall_images_resize_in_pillow_s_order(photo: Image.Image, size, resize) -> None:
+    # Pillow shrinks an image over 100 times taller than wide in height first: other rounding.
+    data = encode(photo.resize(size), "PNG")
+    np.testing.assert_array_equal(ours(data, resize=resize), reference(data, resize=resize).numpy())
+
+
 def _png16(rgb: np.ndarray) -> bytes:
     """A 16-bit-per-channel RGB PNG (colour type 2, bit depth 16), which PIL cannot write."""
     import struct
