@@ -51,6 +51,11 @@ SERVICES = $(PY) -m beam_ml_flink.services --work-dir build/flink/$@
 FLINK_RUNNER := --runner FlinkRunner --flink_version $(FLINK_MINOR) --flink_job_server_jar $(FLINK_JOB_SERVER_JAR)
 PORTABLE_RUNNER := --runner PortableRunner --job_endpoint localhost:8099
 
+# Kafka: an Apache Kafka broker assembled from Maven Central (data/kafka.pom.xml), for the Kafka
+# run targets and tests; KafkaIO itself is on the job server's class path.
+KAFKA_JAR := build/kafka/kafka-broker.jar
+export KAFKA_BROKER_JAR := $(abspath $(KAFKA_JAR))
+
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
 
@@ -96,6 +101,13 @@ $(FLINK_DIST)/.installed:
 $(JOB_SERVER_JAR): data/flink-job-server.pom.xml
 	mvn --batch-mode --quiet -f data/flink-job-server.pom.xml package
 	touch $@
+
+$(KAFKA_JAR): data/kafka.pom.xml
+	mvn --batch-mode --quiet -f data/kafka.pom.xml package
+	touch $@
+
+.PHONY: kafka
+kafka: $(KAFKA_JAR) ## Assemble an Apache Kafka broker (KRaft) from Maven Central into build/kafka
 
 .PHONY: flink
 flink: $(VENV)/.deps $(FLINK_DIST)/.installed ## Install the Flink distribution into build/ (FLINK_LOCATION)
@@ -218,7 +230,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init $(PRISM) flink $(JOB_SERVER_JAR) ## pytest (Flink tests start their own Flink)
+test-python: init $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
 
 .PHONY: test-install

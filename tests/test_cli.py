@@ -158,7 +158,7 @@ def test_a_gpu_that_is_not_there_stops_the_command_before_the_pipeline(tmp_path:
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     run = classify(f"--output={tmp_path / 'out'}", f"--model_path={DEMO_MODEL}")
     assert run.returncode == 2
-    assert "--input is required" in run.stderr
+    assert "--input (images) or --input_topic (Kafka messages) is required" in run.stderr
 
 
 def test_importing_the_options_leaves_other_pipelines_options_alone() -> None:

@@ -22,17 +22,27 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
+from apache_beam.runners.runner import PipelineResult, PipelineState
+from apache_beam.transforms import window
 
 from beam_ml_flink._core import Error
 from beam_ml_flink.beam import METRICS_NAMESPACE, ImageClassifierHandler
+from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
 from beam_ml_flink.options import (
     STATE_DICT_RESIZE,
+    FlinkCheckpointOptions,
     ImageClassificationOptions,
+    add_bootstrap_servers_flag,
     add_labels_flag,
     without_labels_flag,
 )
-from beam_ml_flink.pipeline import ClassifyImages, image_uris, output_files, write_results
+from beam_ml_flink.pipeline import (
+    ClassifiedImages,
+    ClassifyImages,
+    image_uris,
+    output_files,
+    write_results,
+)
 from beam_ml_flink.services import JAVA_17_FLAGS
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
@@ -41,6 +51,9 @@ BATCH_ONLY_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirec
 FLINK_RUNNERS = ("FlinkRunner", "PortableRunner")
 # Runners whose workers are this process or its children, on this machine.
 LOCAL_RUNNERS = (*BATCH_ONLY_RUNNERS, "PrismRunner")
+# A Kafka job's checkpoints: its consumer offsets are committed with each, and a restarted job
+# resumes from the last one.
+KAFKA_CHECKPOINT_MS = 10_000
 # Flink's "forever" for --shutdown_sources_after_idle_ms (Java's Long.MAX_VALUE).
 FOREVER_MS = 2**63 - 1
 
@@ -55,13 +68,20 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
         "Every Beam pipeline option (--runner, ...) is accepted as well.",
     )
     ImageClassificationOptions._add_argparse_args(parser)
+    FlinkCheckpointOptions._add_argparse_args(parser)
     add_labels_flag(parser)
+    add_bootstrap_servers_flag(parser)
     args, _ = parser.parse_known_args(argv)
     # Checked here, not by argparse: a required flag in a PipelineOptions subclass would break
     # every other pipeline's options in a process that imports this module.
-    for flag in ("input", "output"):
-        if not getattr(args, flag):
-            parser.error(f"--{flag} is required")
+    if not (args.input or args.input_topic):
+        parser.error("--input (images) or --input_topic (Kafka messages) is required")
+    if args.input and args.input_topic:
+        parser.error("give either --input or --input_topic, not both")
+    if not (args.output or args.output_topic):
+        parser.error("--output (a prefix of files) or --output_topic (Kafka) is required")
+    if args.output_topic and not args.input_topic:
+        parser.error("--output_topic needs --input_topic: Kafka records answer Kafka messages")
     if args.model_state_dict_path:
         if not args.model_name:
             parser.error("--model_state_dict_path needs --model_name (e.g. mobilenet_v2)")
@@ -78,7 +98,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     runner = (standard.runner or "DirectRunner").split(".")[-1]
     if runner == "FlinkRunner" and not _given(beam_argv, "job_server_jvm_properties"):
         beam_argv += [f"--job_server_jvm_properties={flag}" for flag in JAVA_17_FLAGS]
-    if standard.streaming:
+    if args.input_topic:
+        beam_argv = _kafka_argv(parser, args, runner, beam_argv)
+    elif standard.streaming:
         if runner in BATCH_ONLY_RUNNERS:
             parser.error(
                 "--streaming needs a streaming runner: the DirectRunner runs this pipeline in "
@@ -97,6 +119,29 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     elif args.watch_models:
         parser.error("--watch_models needs --streaming: only a running job can swap its model")
     return args, PipelineOptions(beam_argv)
+
+
+def _kafka_argv(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, runner: str, beam_argv: list[str]
+) -> list[str]:
+    """Checks the Kafka flags; Beam's flags for a Kafka job: streaming, with checkpoints."""
+    if runner not in FLINK_RUNNERS:
+        parser.error(
+            "--input_topic runs on Flink (Beam's KafkaIO is Java, expanded for this job and run "
+            "in Flink's JVM): use --runner FlinkRunner or PortableRunner (make run-kafka)"
+        )
+    if not args.bootstrap_servers:
+        parser.error("--input_topic needs --bootstrap_servers HOST:PORT (the Kafka brokers)")
+    if args.output_topic and not args.failures_topic:
+        args.failures_topic = f"{args.output_topic}-failures"
+    if args.output_topic and args.failures_topic == args.output_topic:
+        parser.error("--failures_topic must differ from --output_topic")
+    beam_argv = list(beam_argv)
+    if not _given(beam_argv, "streaming"):
+        beam_argv.append("--streaming")  # a topic is unbounded
+    if not _given(beam_argv, "checkpointing_interval"):
+        beam_argv.append(f"--checkpointing_interval={KAFKA_CHECKPOINT_MS}")
+    return beam_argv
 
 
 def _workers_here(options: PipelineOptions) -> bool:
@@ -158,34 +203,65 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     streaming = options.view_as(StandardOptions).streaming
-    if streaming:
-        watch = Watch(args.poll_interval, args.window_size, args.stop_after)
-        uris = watched_image_uris(pipeline, args.input, watch)
+    if args.input_topic:
+        classified = classify_messages(pipeline, args)
     else:
-        uris = image_uris(pipeline, args.input, args.images_dir)
-    classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
-    write_results(classified, args.output, args.output_format)
+        if streaming:
+            watch = Watch(args.poll_interval, args.window_size, args.stop_after)
+            uris = watched_image_uris(pipeline, args.input, watch)
+        else:
+            uris = image_uris(pipeline, args.input, args.images_dir)
+        classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
+    if args.output_topic:
+        write_messages(
+            classified,
+            args.bootstrap_servers,
+            args.output_topic,
+            args.failures_topic,
+            args.expansion_service,
+        )
+    else:
+        write_results(classified, args.output, args.output_format)
     result = pipeline.run()
-    if streaming:
+    if args.input_topic:
+        wait_or_cancel(result, args.stop_after)
+    elif streaming:
         wait_or_cancel(result)
     else:
         result.wait_until_finish()
     log_summary(result, time.perf_counter() - started)
-    if args.show:
+    if args.show and args.output:
         print_results(args.output, args.show)
     return result
 
 
-def wait_or_cancel(result: PipelineResult) -> None:
-    """Waits for a streaming job; Ctrl-C or SIGTERM cancels it (the windows already closed are
-    written; those still open are not)."""
+def classify_messages(pipeline: beam.Pipeline, args: argparse.Namespace) -> ClassifiedImages:
+    """The messages of --input_topic, classified; in windows of --window_size seconds when the
+    results go to files."""
+    messages = pipeline | "ReadMessages" >> ReadMessages(
+        args.bootstrap_servers, args.input_topic, args.consumer_group, args.expansion_service
+    )
+    if not args.output_topic:
+        messages = messages | "Windows" >> beam.WindowInto(window.FixedWindows(args.window_size))
+    return messages | "ClassifyMessages" >> ClassifyMessages(handler_for(args), args.message_format)
+
+
+def wait_or_cancel(result: PipelineResult, stop_after: float | None = None) -> None:
+    """Waits for a streaming job, for `stop_after` seconds at most (then cancels it); Ctrl-C or
+    SIGTERM cancels it (the windows already closed are written; those still open are not)."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        result.wait_until_finish()
+        if stop_after is None:
+            result.wait_until_finish()
+        else:
+            result.wait_until_finish(duration=round(stop_after * 1000))
+            if not PipelineState.is_terminal(result.state):
+                logger.info("stopping the job after --stop_after %.0f s", stop_after)
+                result.cancel()
     except KeyboardInterrupt:
         logger.info("interrupted: cancelling the job; the windows still open are not written")
         try:

@@ -7,6 +7,8 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
+from beam_ml_flink.kafka import MESSAGE_FORMATS
+from beam_ml_flink.services.kafka import JAVA_EXPANSION_PORT
 
 # The original dataflow-ml-starter pipeline resizes to 224x224 with no crop.
 STATE_DICT_RESIZE = (224, 224)
@@ -39,6 +41,16 @@ def _triple(text: str) -> tuple[float, float, float]:
 def add_labels_flag(parser: argparse.ArgumentParser) -> None:
     """The CLI's ``--labels``, kept out of Beam's parser where it means Dataflow job labels."""
     parser.add_argument("--labels", help="A text file with one class name per line.")
+
+
+def add_bootstrap_servers_flag(parser: argparse.ArgumentParser) -> None:
+    """The CLI's ``--bootstrap_servers``: Beam's KafkaStreamsRunnerOptions already declares it, so
+    it is added to the CLI's parser alone (Beam's parser reads the same value)."""
+    parser.add_argument(
+        "--bootstrap_servers",
+        metavar="HOST:PORT",
+        help="Kafka: the brokers of --input_topic and --output_topic.",
+    )
 
 
 def without_labels_flag(argv: list[str]) -> list[str]:
@@ -179,10 +191,76 @@ class ImageClassificationOptions(PipelineOptions):
             help="Streaming: a folder or glob of model files; a model file added there while "
             "the job runs replaces the model, and the predictions after it name it.",
         )
+        # Kafka: messages in, records out (see beam_ml_flink.kafka).
+        parser.add_argument(
+            "--input_topic",
+            help="Kafka: classify the messages of this topic (instead of --input); each key is "
+            "an image's id, each value its URI or its bytes (--message_format).",
+        )
+        parser.add_argument(
+            "--consumer_group",
+            default="beam-ml-flink",
+            help="Kafka: the consumer group whose offsets the job commits at each checkpoint "
+            "(default beam-ml-flink).",
+        )
+        parser.add_argument(
+            "--message_format",
+            choices=MESSAGE_FORMATS,
+            default="uri",
+            help="Kafka: each message's value is an image's URI, read through Beam's "
+            "FileSystems (default), or the encoded image's bytes.",
+        )
+        parser.add_argument(
+            "--output_topic",
+            help="Kafka: predictions to this topic, keyed by the message's key (else to files "
+            "starting with --output, per window).",
+        )
+        parser.add_argument(
+            "--failures_topic",
+            help="Kafka: failures to this topic (default: OUTPUT_TOPIC-failures).",
+        )
+        parser.add_argument(
+            "--expansion_service",
+            metavar="HOST:PORT",
+            default=f"localhost:{JAVA_EXPANSION_PORT}",
+            help="Kafka: the Java expansion service that expands KafkaIO "
+            f"(default localhost:{JAVA_EXPANSION_PORT}, which `python -m "
+            "beam_ml_flink.services --expansion-service` starts).",
+        )
         parser.add_argument(
             "--show",
             type=int,
             default=0,
             metavar="N",
             help="After the run, print a table of up to N results read back from the output.",
+        )
+
+
+class FlinkCheckpointOptions(PipelineOptions):
+    """Flink's checkpointing options, under the names of Beam Java's FlinkPipelineOptions. Declared
+    here because Beam Python's FlinkRunner passes on only the options it knows."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--checkpointing_interval",
+            type=int,
+            help="Flink: milliseconds between checkpoints (a Kafka job checkpoints every 10 s "
+            "unless told otherwise; -1 turns checkpoints off).",
+        )
+        parser.add_argument(
+            "--checkpointing_mode",
+            choices=("EXACTLY_ONCE", "AT_LEAST_ONCE"),
+            help="Flink: the checkpointing mode (Flink's default EXACTLY_ONCE).",
+        )
+        parser.add_argument(
+            "--state_backend",
+            choices=("filesystem", "rocksdb"),
+            help="Flink: where Beam's state lives between checkpoints (with "
+            "--state_backend_storage_path).",
+        )
+        parser.add_argument(
+            "--state_backend_storage_path",
+            metavar="URI",
+            help="Flink: where checkpoints are stored, e.g. file:///tmp/checkpoints.",
         )

@@ -29,7 +29,7 @@ _GLOB_CHARACTERS = frozenset("*?[")
 class Prediction(NamedTuple):
     """A classified image."""
 
-    image: str  # its URI
+    image: Any  # its key: the URI, or the message's MessageId
     classification: Classification
     model: str  # the path of the model that classified it
 
@@ -42,48 +42,93 @@ class ClassifiedImages(NamedTuple):
 
 
 class ReadImage(beam.DoFn):
-    """Reads an image's bytes through Beam's FileSystems; unreadable paths become failures."""
+    """Reads an image's bytes through Beam's FileSystems: (key, uri) in, (key, bytes) out;
+    unreadable paths become (key, reason) failures."""
 
     def __init__(self, max_bytes: int = MAX_FILE_BYTES) -> None:
         self._max_bytes = max_bytes
 
-    def process(self, uri: str) -> Iterator[Any]:
+    def process(self, element: tuple[Any, str]) -> Iterator[Any]:
+        key, uri = element
         try:
             with FileSystems.open(uri) as f:
                 data = f.read(self._max_bytes + 1)
         except FileNotFoundError:
-            yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: no such file; check the path"))
+            yield pvalue.TaggedOutput(FAILURES, (key, f"{uri}: no such file; check the path"))
             return
         except IsADirectoryError:
             yield pvalue.TaggedOutput(
-                FAILURES, (uri, f"{uri}: is a directory, not an image file; list the files inside")
+                FAILURES, (key, f"{uri}: is a directory, not an image file; list the files inside")
             )
             return
         except Exception as e:  # noqa: BLE001 - any filesystem error is this image's failure
-            yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: could not be read: {e}"))
+            yield pvalue.TaggedOutput(FAILURES, (key, f"{uri}: could not be read: {e}"))
             return
         if len(data) > self._max_bytes:
             yield pvalue.TaggedOutput(
                 FAILURES,
-                (uri, f"{uri}: larger than {self._max_bytes} bytes; refused before decoding"),
+                (key, f"{uri}: larger than {self._max_bytes} bytes; refused before decoding"),
             )
             return
-        yield uri, data
+        yield key, data
 
 
-def _split_result(item: tuple[str, PredictionResult]) -> Iterator[Any]:
-    uri, result = item
+def _split_result(item: tuple[Any, PredictionResult]) -> Iterator[Any]:
+    key, result = item
     classification: Classification = result.inference
     if classification.ok:
-        yield Prediction(uri, classification, result.model_id)
+        yield Prediction(key, classification, result.model_id)
     else:
-        yield pvalue.TaggedOutput(FAILURES, (uri, f"{uri}: {classification.error}"))
+        yield pvalue.TaggedOutput(FAILURES, (key, f"{key}: {classification.error}"))
 
 
-def _failed_batch(bad: tuple[list[tuple[str, bytes]], tuple[type, str, Any]]) -> Iterator[Any]:
+def _failed_batch(bad: tuple[list[tuple[Any, bytes]], tuple[type, str, Any]]) -> Iterator[Any]:
     batch, (_, error, _) = bad
-    for uri, _data in batch:
-        yield uri, f"{uri}: the batch holding this image failed: {error}"
+    for key, _data in batch:
+        yield key, f"{key}: the batch holding this image failed: {error}"
+
+
+class ClassifyImageBytes(beam.PTransform):
+    """(key, encoded image) pairs in; :class:`ClassifiedImages` out: a Prediction naming the key
+    for each classified image, (key, reason) for each that could not be classified. The key is
+    any value whose ``str`` names the image in a failure's reason (a URI, an id)."""
+
+    def __init__(self, handler: ImageClassifierHandler) -> None:
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, images: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
+        results, dead = (
+            images
+            | "RunInference"
+            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
+        split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
+            FAILURES, main="predictions"
+        )
+        failed_batches = dead.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch)
+        failures = (split[FAILURES], failed_batches) | "ClassifyFailures" >> beam.Flatten()
+        return ClassifiedImages(split.predictions, failures)
+
+
+class ReadImages(beam.PTransform):
+    """(key, uri) pairs in; out ``images``, (key, bytes), read through Beam's FileSystems (local
+    paths, gs:// where installed), and ``failures``, (key, reason) for what could not be read."""
+
+    def __init__(self, max_bytes: int = MAX_FILE_BYTES) -> None:
+        super().__init__()
+        self._max_bytes = max_bytes
+
+    def expand(self, uris: beam.PCollection) -> pvalue.DoOutputsTuple:  # type: ignore[override]
+        return uris | "ReadImage" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
+            FAILURES, main="images"
+        )
+
+
+def merge_failures(classified: ClassifiedImages, *more: beam.PCollection) -> ClassifiedImages:
+    """``classified`` with the failures of earlier steps (reading, parsing) added to its own."""
+    failures = (*more, classified.failures) | "AllFailures" >> beam.Flatten()
+    return ClassifiedImages(classified.predictions, failures)
 
 
 class ClassifyImages(beam.PTransform):
@@ -99,24 +144,13 @@ class ClassifyImages(beam.PTransform):
         self._max_bytes = max_bytes
 
     def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
-        read = uris | "ReadImages" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
-            FAILURES, main="images"
+        read = (
+            uris
+            | "KeyByUri" >> beam.Map(lambda uri: (uri, uri))
+            | "ReadImages" >> ReadImages(self._max_bytes)
         )
-        results, dead = (
-            read.images
-            | "RunInference"
-            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
-        )
-        split = results | "SplitFailures" >> beam.FlatMap(_split_result).with_outputs(
-            FAILURES, main="predictions"
-        )
-        failed_batches = dead.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch)
-        failures = (
-            read[FAILURES],
-            split[FAILURES],
-            failed_batches,
-        ) | "AllFailures" >> beam.Flatten()
-        return ClassifiedImages(split.predictions, failures)
+        classified = read.images | "Classify" >> ClassifyImageBytes(self._handler)
+        return merge_failures(classified, read[FAILURES])
 
 
 def image_uris(
@@ -155,7 +189,7 @@ def prediction_json(prediction: Prediction) -> str:
     """One output line of a classified image."""
     return json.dumps(
         {
-            "image": prediction.image,
+            "image": str(prediction.image),
             "top_k": [
                 {"index": index, "label": label, "score": round(score, 6)}
                 for index, label, score in prediction.classification.top_k
@@ -167,13 +201,13 @@ def prediction_json(prediction: Prediction) -> str:
 
 def prediction_csv(prediction: Prediction) -> str:
     """The original pipeline's ``path,index`` line (top-1 class index)."""
-    return f"{prediction.image},{prediction.classification.top_k[0][0]}"
+    return f"{str(prediction.image)},{prediction.classification.top_k[0][0]}"
 
 
 def failure_json(item: tuple[str, str]) -> str:
     """One output line of an image that could not be classified."""
     uri, reason = item
-    return json.dumps({"image": uri, "error": reason})
+    return json.dumps({"image": str(uri), "error": reason})
 
 
 def write_results(classified: ClassifiedImages, output: str, output_format: str = "json") -> None:

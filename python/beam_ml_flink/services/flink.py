@@ -1,32 +1,30 @@
-"""The local services of the Flink run modes: a standalone Flink cluster, the Beam Flink job server
-and an SDK worker pool.
-
-Each is a context manager that checks its ports are free, starts its processes, waits until they
-answer, and stops everything it started on the way out, also when the job fails or is interrupted.
-`python -m beam_ml_flink.services [services] -- command` wraps a command in them (the Makefile's
-Flink targets); the tests use the classes directly.
-"""
+"""Flink's local services: a standalone Flink cluster, Beam's Flink job server and Beam's Python
+SDK worker pool."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 import yaml
+
+from beam_ml_flink.services.process import (
+    START_TIMEOUT_S,
+    ChildProcess,
+    Service,
+    ServiceError,
+    check_ports_free,
+    log_tail,
+)
 
 # The ports of Beam's Flink job server and of the SDK worker pool, as Beam documents them.
 JOB_PORT = 8099
@@ -37,8 +35,6 @@ WORKER_POOL_PORT = 5000
 # Flink's own defaults, used when the configuration does not set them.
 DEFAULT_REST_PORT = 8081
 DEFAULT_RPC_PORT = 6123
-
-START_TIMEOUT_S = 180.0
 
 # What Flink's own config.yaml passes to its JVMs so that Flink runs on Java 17: a job server's
 # embedded Flink needs them too, as soon as a streaming job keeps state.
@@ -63,35 +59,6 @@ JAVA_17_FLAGS = tuple(
         )
     ]
 )
-
-
-class ServiceError(RuntimeError):
-    """A local service could not be started."""
-
-
-def check_ports_free(ports: Sequence[int], service: str) -> None:
-    """Raises ServiceError naming the first of `ports` that something already listens on."""
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                raise ServiceError(
-                    f"port {port} is already in use, and the {service} needs it: stop what "
-                    f"listens there (`ss -ltnp 'sport = :{port}'` shows which process), "
-                    "then try again"
-                )
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
 
 
 def flink_conf_dir(
@@ -133,76 +100,7 @@ def _conf_value(conf_file: Path, dotted: str, default: object) -> object:
     return node
 
 
-class _Process:
-    """A long-running child process in its own session, with its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None):
-        self.name = name
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            argv,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-
-    def wait_for_port(self, port: int, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while not _port_open(port):
-            if self.process.poll() is not None:
-                raise ServiceError(
-                    f"the {self.name} exited with code {self.process.returncode} before it "
-                    f"listened on port {port}; its log ({self.log}) ends with:\n{_tail(self.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    f"the {self.name} did not listen on port {port} within {timeout:.0f} s; its "
-                    f"log ({self.log}) ends with:\n{_tail(self.log)}"
-                )
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log_file.close()
-
-
-class _Service:
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> _Service:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalFlinkCluster(_Service):
+class LocalFlinkCluster(Service):
     """A standalone Flink cluster (one JobManager, one TaskManager) started with the scripts of the
     Flink distribution at `flink_location`, configured by `conf_file`; logs and pid files go to
     `work_dir`."""
@@ -281,7 +179,7 @@ class LocalFlinkCluster(_Service):
                     return
             if time.monotonic() > deadline:
                 logs = "\n".join(
-                    f"--- {log}\n{_tail(log)}" for log in sorted(self.log_dir.glob("*.log"))
+                    f"--- {log}\n{log_tail(log)}" for log in sorted(self.log_dir.glob("*.log"))
                 )
                 raise ServiceError(
                     f"the local Flink cluster had no free task slot on {self.web_ui} within "
@@ -334,7 +232,7 @@ class LocalFlinkCluster(_Service):
                 os.kill(pid, signal.SIGKILL)
 
 
-class JobServer(_Service):
+class JobServer(Service):
     """Beam's Flink job server (`java -jar jar`) on the job, artifact and expansion ports. Its
     Flink is `flink_master`: "[local]" for the one embedded in it, or a cluster's "host:port"."""
 
@@ -353,7 +251,7 @@ class JobServer(_Service):
         self.flink_master = flink_master
         self.flink_conf_dir = flink_conf_dir
         self.ports = (job_port, artifact_port, expansion_port)
-        self._process: _Process | None = None
+        self._process: ChildProcess | None = None
 
     @property
     def endpoint(self) -> str:
@@ -388,7 +286,9 @@ class JobServer(_Service):
         if self.flink_conf_dir is not None:
             argv += ["--flink-conf-dir", str(self.flink_conf_dir)]
             env["FLINK_CONF_DIR"] = str(self.flink_conf_dir)
-        self._process = _Process("Flink job server", argv, self.work_dir / "job-server.log", env)
+        self._process = ChildProcess(
+            "Flink job server", argv, self.work_dir / "job-server.log", env
+        )
         self._process.wait_for_port(job_port)
 
     def stop(self) -> None:
@@ -397,14 +297,14 @@ class JobServer(_Service):
             self._process = None
 
 
-class WorkerPool(_Service):
+class WorkerPool(Service):
     """Beam's Python SDK worker pool, the EXTERNAL environment that needs no Docker: the runner asks
     it for SDK workers, which it starts as processes of this Python (and so with beam_ml_flink)."""
 
     def __init__(self, work_dir: Path, port: int = WORKER_POOL_PORT):
         self.work_dir = Path(work_dir)
         self.port = port
-        self._process: _Process | None = None
+        self._process: ChildProcess | None = None
 
     @property
     def address(self) -> str:
@@ -422,110 +322,12 @@ class WorkerPool(_Service):
         # The pool starts each SDK worker as `python` from PATH: make that this Python.
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        self._process = _Process("SDK worker pool", argv, self.work_dir / "worker-pool.log", env)
+        self._process = ChildProcess(
+            "SDK worker pool", argv, self.work_dir / "worker-pool.log", env
+        )
         self._process.wait_for_port(self.port)
 
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()
             self._process = None
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that the services are stopped either way."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def argument_parser() -> argparse.ArgumentParser:
-    """The flags of `python -m beam_ml_flink.services`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m beam_ml_flink.services",
-        description="Start local Flink services, run a command, and stop the services afterwards "
-        "(also when the command fails or is interrupted).",
-    )
-    parser.add_argument(
-        "--flink-conf",
-        required=True,
-        help="Flink YAML configuration: for the local cluster with --cluster, else for the Flink "
-        "embedded in the job server (exported to the command as FLINK_CONF_DIR)",
-    )
-    parser.add_argument(
-        "--flink-location", default=os.environ.get("FLINK_LOCATION"), help="Flink distribution"
-    )
-    parser.add_argument("--cluster", action="store_true", help="start a standalone Flink cluster")
-    parser.add_argument(
-        "--flink-master",
-        metavar="HOST:PORT",
-        help="an existing Flink cluster's REST address, for the job server to submit to",
-    )
-    parser.add_argument(
-        "--job-server", metavar="JAR", help="start the Beam Flink job server from JAR"
-    )
-    parser.add_argument(
-        "--worker-pool", action="store_true", help="start the SDK worker pool on port 5000"
-    )
-    parser.add_argument(
-        "--work-dir", default="build/flink", help="logs, pid files, staged artifacts"
-    )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser()
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after --")
-    if args.cluster and args.flink_master:
-        parser.error("--cluster starts a cluster; --flink-master names one that runs: give one")
-    if args.cluster and not args.flink_location:
-        parser.error("--cluster needs --flink-location or FLINK_LOCATION: a Flink distribution")
-
-    work_dir = Path(args.work_dir).resolve()
-    flink_location = Path(args.flink_location) if args.flink_location else None
-    try:
-        with contextlib.ExitStack() as services, _terminate_as_interrupt():
-            env = dict(os.environ)
-            master = "[local]"
-            if args.cluster:
-                assert flink_location is not None
-                cluster = LocalFlinkCluster(flink_location, args.flink_conf, work_dir / "cluster")
-                services.enter_context(cluster)
-                master = cluster.master
-                print(
-                    f"Flink cluster up; its web UI: {cluster.web_ui}", file=sys.stderr, flush=True
-                )
-                conf_dir = cluster.conf_dir
-            else:
-                conf_dir = flink_conf_dir(args.flink_conf, work_dir / "conf", None)
-                env["FLINK_CONF_DIR"] = str(conf_dir)
-                master = args.flink_master or master
-            if args.job_server:
-                server = JobServer(args.job_server, work_dir / "job-server", master, conf_dir)
-                services.enter_context(server)
-                print(f"Flink job server up on {server.endpoint}", file=sys.stderr, flush=True)
-            if args.worker_pool:
-                pool = WorkerPool(work_dir / "worker-pool")
-                services.enter_context(pool)
-                print(f"SDK worker pool up on {pool.address}", file=sys.stderr, flush=True)
-            return subprocess.run(command, env=env).returncode
-    except ServiceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the services were stopped", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

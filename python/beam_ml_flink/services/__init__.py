@@ -1,0 +1,50 @@
+"""The local services of the run modes: a standalone Flink cluster, the Beam Flink job server, an
+SDK worker pool, a Kafka broker and the Java expansion service that KafkaIO needs.
+
+Each is a context manager that checks its ports are free, starts its processes, waits until they
+answer, and stops everything it started on the way out, also when the job fails or is interrupted.
+`python -m beam_ml_flink.services [services] -- command` wraps a command in them (the Makefile's
+Flink and Kafka targets); the tests use the classes directly.
+"""
+
+from beam_ml_flink.services.command import argument_parser, main
+from beam_ml_flink.services.flink import (
+    ARTIFACT_PORT,
+    EXPANSION_PORT,
+    JAVA_17_FLAGS,
+    JOB_PORT,
+    WORKER_POOL_PORT,
+    JobServer,
+    LocalFlinkCluster,
+    WorkerPool,
+    flink_conf_dir,
+)
+from beam_ml_flink.services.kafka import (
+    JAVA_EXPANSION_PORT,
+    KAFKA_CONTROLLER_PORT,
+    KAFKA_PORT,
+    ExpansionService,
+    KafkaBroker,
+)
+from beam_ml_flink.services.process import ServiceError, check_ports_free
+
+__all__ = [
+    "ARTIFACT_PORT",
+    "EXPANSION_PORT",
+    "JAVA_17_FLAGS",
+    "JAVA_EXPANSION_PORT",
+    "JOB_PORT",
+    "KAFKA_CONTROLLER_PORT",
+    "KAFKA_PORT",
+    "WORKER_POOL_PORT",
+    "ExpansionService",
+    "JobServer",
+    "KafkaBroker",
+    "LocalFlinkCluster",
+    "ServiceError",
+    "WorkerPool",
+    "argument_parser",
+    "check_ports_free",
+    "flink_conf_dir",
+    "main",
+]
