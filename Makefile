@@ -151,6 +151,24 @@ run-streaming: init $(PRISM) ## Watch INBOX and classify images as they arrive, 
 	$(CLASSIFY) --streaming $(STREAMING_RUNNER) --poll_interval 1 --window_size 10 \
 		$(if $(STOP_AFTER),--stop_after $(STOP_AFTER)) $(ARGS)
 
+# Kafka: a broker, the local Flink cluster, the job server and the Java expansion service; the
+# images listed in INPUT are produced to the input topic one by one while the job runs; the
+# answers are read back from the output topics into OUTPUT-*.jsonl and OUTPUT_failures-*.jsonl.
+# It ends when every image is answered, or after STOP_AFTER seconds.
+KAFKA_TOPICS := --input_topic images --output_topic predictions --failures_topic failures
+MESSAGE_FORMAT ?= uri
+run-kafka: STOP_AFTER = 300
+
+.PHONY: run-kafka
+run-kafka: init flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## Classify INPUT as Kafka messages on the local Flink cluster, checkpointed (STOP_AFTER, MESSAGE_FORMAT)
+	$(CLEAN_OUTPUT)
+	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) \
+		--expansion-service $(JOB_SERVER_JAR) --kafka $(KAFKA_JAR) --topics images,predictions,failures -- \
+	$(PY) -m beam_ml_flink.messages --input $(INPUT) --output $(OUTPUT) --timeout $(STOP_AFTER) --show 20 -- \
+	$(PY) -m beam_ml_flink $(KAFKA_TOPICS) --bootstrap_servers 127.0.0.1:9092 --message_format $(MESSAGE_FORMAT) \
+		--model_path $(MODEL) $(if $(LABELS),--labels $(LABELS)) $(NORMALIZE) \
+		$(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
+
 .PHONY: run-flink
 run-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the FlinkRunner: the job server's embedded Flink, LOOPBACK workers
 	$(CLEAN_OUTPUT)
