@@ -167,6 +167,7 @@ run-kafka: init flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## Classify INPUT as Kafka 
 	$(PY) -m beam_ml_flink.messages --input $(INPUT) --output $(OUTPUT) --timeout $(STOP_AFTER) --show 20 -- \
 	$(PY) -m beam_ml_flink $(KAFKA_TOPICS) --bootstrap_servers 127.0.0.1:9092 --message_format $(MESSAGE_FORMAT) \
 		--model_path $(MODEL) $(if $(LABELS),--labels $(LABELS)) $(NORMALIZE) \
+		--state_backend filesystem --state_backend_storage_path file://$(abspath build/flink/$@/checkpoints) \
 		$(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
 
 .PHONY: run-flink

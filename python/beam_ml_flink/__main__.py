@@ -54,6 +54,12 @@ LOCAL_RUNNERS = (*BATCH_ONLY_RUNNERS, "PrismRunner")
 # A Kafka job's checkpoints: its consumer offsets are committed with each, and a restarted job
 # resumes from the last one.
 KAFKA_CHECKPOINT_MS = 10_000
+# What a cancelled streaming job leaves undone.
+FILES_CANCELLED = "the windows still open are not written"
+KAFKA_CANCELLED = (
+    "the messages read since its last checkpoint are read again by the next job of the same "
+    "--consumer_group, which starts from the offsets committed with that checkpoint"
+)
 # Flink's "forever" for --shutdown_sources_after_idle_ms (Java's Long.MAX_VALUE).
 FOREVER_MS = 2**63 - 1
 
@@ -224,7 +230,7 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         write_results(classified, args.output, args.output_format)
     result = pipeline.run()
     if args.input_topic:
-        wait_or_cancel(result, args.stop_after)
+        wait_or_cancel(result, args.stop_after, KAFKA_CANCELLED)
     elif streaming:
         wait_or_cancel(result)
     else:
@@ -246,7 +252,9 @@ def classify_messages(pipeline: beam.Pipeline, args: argparse.Namespace) -> Clas
     return messages | "ClassifyMessages" >> ClassifyMessages(handler_for(args), args.message_format)
 
 
-def wait_or_cancel(result: PipelineResult, stop_after: float | None = None) -> None:
+def wait_or_cancel(
+    result: PipelineResult, stop_after: float | None = None, cancelled: str = FILES_CANCELLED
+) -> None:
     """Waits for a streaming job, for `stop_after` seconds at most (then cancels it); Ctrl-C or
     SIGTERM cancels it (the windows already closed are written; those still open are not)."""
 
@@ -260,10 +268,10 @@ def wait_or_cancel(result: PipelineResult, stop_after: float | None = None) -> N
         else:
             result.wait_until_finish(duration=round(stop_after * 1000))
             if not PipelineState.is_terminal(result.state):
-                logger.info("stopping the job after --stop_after %.0f s", stop_after)
+                logger.info("--stop_after %.0f s: cancelling the job; %s", stop_after, cancelled)
                 result.cancel()
     except KeyboardInterrupt:
-        logger.info("interrupted: cancelling the job; the windows still open are not written")
+        logger.info("interrupted: cancelling the job; %s", cancelled)
         try:
             result.cancel()
         except Exception as e:  # noqa: BLE001 - Beam's Ctrl-C handler may have stopped it first

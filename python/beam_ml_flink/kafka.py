@@ -15,6 +15,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
+from apache_beam.typehints.decorators import no_annotations
 
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.pipeline import (
@@ -222,6 +223,7 @@ class ClassifyMessages(beam.PTransform):
         self._format = message_format
         self._parse = ParseMessages(message_format)  # checks the format now, not on a worker
 
+    @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
     def expand(self, messages: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
         parsed = messages | "ParseMessages" >> beam.ParDo(self._parse).with_outputs(
             FAILURES, main="images"

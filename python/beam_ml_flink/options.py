@@ -183,7 +183,8 @@ class ImageClassificationOptions(PipelineOptions):
             "--stop_after",
             type=_seconds,
             help="Streaming: stop watching after this many seconds; the job then writes its "
-            "last windows and ends (default: run until interrupted).",
+            "last windows and ends (default: run until interrupted). With --input_topic the job "
+            "is cancelled then.",
         )
         parser.add_argument(
             "--watch_models",

@@ -16,6 +16,7 @@ from apache_beam import pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.typehints.decorators import no_annotations
 
 from beam_ml_flink._core import Classification
 from beam_ml_flink.beam import ImageClassifierHandler
@@ -97,6 +98,7 @@ class ClassifyImageBytes(beam.PTransform):
         super().__init__()
         self._handler = handler
 
+    @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
     def expand(self, images: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
         results, dead = (
             images
@@ -119,6 +121,7 @@ class ReadImages(beam.PTransform):
         super().__init__()
         self._max_bytes = max_bytes
 
+    @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
     def expand(self, uris: beam.PCollection) -> pvalue.DoOutputsTuple:  # type: ignore[override]
         return uris | "ReadImage" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
             FAILURES, main="images"
@@ -143,6 +146,7 @@ class ClassifyImages(beam.PTransform):
         self._handler = handler
         self._max_bytes = max_bytes
 
+    @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
     def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
         read = (
             uris
