@@ -274,13 +274,14 @@ def test_nothing_is_lost_when_the_taskmanager_is_killed(
                 f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}",
                 "--runner=PortableRunner",
                 f"--job_endpoint={server.endpoint}",
+                f"--flink_master={cluster.master}",
                 "--environment_type=LOOPBACK",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stack.callback(lambda: (os.killpg(job.pid, signal.SIGTERM), job.wait(timeout=120)))
+        stack.callback(lambda: job.poll() is None and job.kill())
         restarts_before = _jobmanager_log(cluster).count(
             "switched from state RUNNING to RESTARTING"
         )
@@ -308,6 +309,11 @@ def test_nothing_is_lost_when_the_taskmanager_is_killed(
         collector.poll(5)  # late duplicates
         collector.close()
         restarts = _jobmanager_log(cluster).count("switched from state RUNNING to RESTARTING")
+        # SIGTERM to the command cancels the job on the cluster, which frees its slots.
+        os.killpg(job.pid, signal.SIGTERM)
+        assert job.wait(timeout=120) == 0
+        overview = cluster.overview()
+        assert (overview["jobs-running"], overview["jobs-cancelled"]) == (0, 1)
     assert all_answered, (tmp_path / "job.log").read_text()[-3000:]
     assert restarts > restarts_before, "the job was not restarted: the kill came too late"
     predictions, failures, duplicates = answers(collector, f"{run}-failures")

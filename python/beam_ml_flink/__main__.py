@@ -21,7 +21,12 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from apache_beam.transforms import window
 
@@ -43,7 +48,7 @@ from beam_ml_flink.pipeline import (
     output_files,
     write_results,
 )
-from beam_ml_flink.services import JAVA_17_FLAGS
+from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
 # The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
@@ -230,9 +235,9 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         write_results(classified, args.output, args.output_format)
     result = pipeline.run()
     if args.input_topic:
-        wait_or_cancel(result, args.stop_after, KAFKA_CANCELLED)
+        wait_or_cancel(result, args.stop_after, KAFKA_CANCELLED, flink_master(options))
     elif streaming:
-        wait_or_cancel(result)
+        wait_or_cancel(result, flink_rest=flink_master(options))
     else:
         result.wait_until_finish()
     log_summary(result, time.perf_counter() - started)
@@ -252,8 +257,39 @@ def classify_messages(pipeline: beam.Pipeline, args: argparse.Namespace) -> Clas
     return messages | "ClassifyMessages" >> ClassifyMessages(handler_for(args), args.message_format)
 
 
+def flink_master(options: PipelineOptions) -> str | None:
+    """The REST address (host:port) of the Flink cluster the job runs on, where known: the
+    --flink_master option, else FLINK_MASTER (which `python -m beam_ml_flink.services` sets when
+    it starts a cluster or is given one)."""
+    given = options.view_as(FlinkRunnerOptions).flink_master
+    if given and not given.startswith("["):
+        return str(given)
+    return os.environ.get("FLINK_MASTER") or None
+
+
+def cancel(result: PipelineResult, flink_rest: str | None) -> None:
+    """Cancels the job through its runner and, where it runs on a Flink cluster, on the cluster
+    too: Beam's job server stops only its own wait there, and the job would keep its slots."""
+    try:
+        result.cancel()
+    except Exception as e:  # noqa: BLE001 - Beam's Ctrl-C handler may have stopped it first
+        logger.info("the job had already stopped with its job server: %s", e)
+    job_id = getattr(result, "_job_id", None)
+    if flink_rest and job_id:
+        try:
+            cancelled = cancel_flink_jobs(flink_rest, job_id.rsplit("_", 1)[0])
+        except OSError as e:
+            logger.warning("could not cancel the job on the Flink cluster at %s: %s", flink_rest, e)
+        else:
+            if cancelled:
+                logger.info("cancelled on the Flink cluster at %s: %s", flink_rest, cancelled)
+
+
 def wait_or_cancel(
-    result: PipelineResult, stop_after: float | None = None, cancelled: str = FILES_CANCELLED
+    result: PipelineResult,
+    stop_after: float | None = None,
+    cancelled: str = FILES_CANCELLED,
+    flink_rest: str | None = None,
 ) -> None:
     """Waits for a streaming job, for `stop_after` seconds at most (then cancels it); Ctrl-C or
     SIGTERM cancels it (the windows already closed are written; those still open are not)."""
@@ -269,13 +305,10 @@ def wait_or_cancel(
             result.wait_until_finish(duration=round(stop_after * 1000))
             if not PipelineState.is_terminal(result.state):
                 logger.info("--stop_after %.0f s: cancelling the job; %s", stop_after, cancelled)
-                result.cancel()
+                cancel(result, flink_rest)
     except KeyboardInterrupt:
         logger.info("interrupted: cancelling the job; %s", cancelled)
-        try:
-            result.cancel()
-        except Exception as e:  # noqa: BLE001 - Beam's Ctrl-C handler may have stopped it first
-            logger.info("the job had already stopped with its job server: %s", e)
+        cancel(result, flink_rest)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

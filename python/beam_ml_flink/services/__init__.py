@@ -17,6 +17,7 @@ from beam_ml_flink.services.flink import (
     JobServer,
     LocalFlinkCluster,
     WorkerPool,
+    cancel_flink_jobs,
     flink_conf_dir,
 )
 from beam_ml_flink.services.kafka import (
@@ -44,6 +45,7 @@ __all__ = [
     "ServiceError",
     "WorkerPool",
     "argument_parser",
+    "cancel_flink_jobs",
     "check_ports_free",
     "flink_conf_dir",
     "main",

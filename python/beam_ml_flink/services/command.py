@@ -117,10 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"Flink cluster up; its web UI: {cluster.web_ui}", file=sys.stderr, flush=True
                 )
                 conf_dir = cluster.conf_dir
+                env["FLINK_MASTER"] = cluster.master
             elif args.flink_conf:
                 conf_dir = flink_conf_dir(args.flink_conf, work_dir / "conf", None)
                 env["FLINK_CONF_DIR"] = str(conf_dir)
                 master = args.flink_master or master
+            if args.flink_master:
+                env["FLINK_MASTER"] = args.flink_master
             if args.job_server:
                 server = JobServer(args.job_server, work_dir / "job-server", master, conf_dir)
                 services.enter_context(server)

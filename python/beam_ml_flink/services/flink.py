@@ -100,6 +100,34 @@ def _conf_value(conf_file: Path, dotted: str, default: object) -> object:
     return node
 
 
+def cancel_flink_jobs(master: str, name: str, timeout: float = 60.0) -> list[str]:
+    """Cancels the running jobs named `name` on the Flink cluster whose REST API is at `master`
+    (host:port) and waits until they have stopped; returns their ids.
+
+    Beam's job server does not do this itself: cancelling a job through it stops only its own
+    wait for the job when the job runs on a Flink cluster, and the job keeps its task slots."""
+    base = master if master.startswith("http") else f"http://{master}"
+
+    def running() -> list[str]:
+        with urllib.request.urlopen(f"{base}/jobs/overview", timeout=10) as response:
+            jobs = json.load(response)["jobs"]
+        return [
+            job["jid"]
+            for job in jobs
+            if job["name"] == name and job["state"] not in ("FINISHED", "CANCELED", "FAILED")
+        ]
+
+    ids = running()
+    for jid in ids:
+        request = urllib.request.Request(f"{base}/jobs/{jid}?mode=cancel", method="PATCH")
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10).close()
+    deadline = time.monotonic() + timeout
+    while ids and running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return ids
+
+
 class LocalFlinkCluster(Service):
     """A standalone Flink cluster (one JobManager, one TaskManager) started with the scripts of the
     Flink distribution at `flink_location`, configured by `conf_file`; logs and pid files go to
