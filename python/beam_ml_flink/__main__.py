@@ -35,7 +35,7 @@ from beam_ml_flink.beam import METRICS_NAMESPACE, ImageClassifierHandler
 from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
 from beam_ml_flink.options import (
     STATE_DICT_RESIZE,
-    FlinkCheckpointOptions,
+    FlinkStreamingOptions,
     ImageClassificationOptions,
     add_bootstrap_servers_flag,
     add_labels_flag,
@@ -48,6 +48,7 @@ from beam_ml_flink.pipeline import (
     output_files,
     write_results,
 )
+from beam_ml_flink.pubsub import is_pubsub, read_pubsub
 from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
@@ -56,6 +57,8 @@ BATCH_ONLY_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirec
 FLINK_RUNNERS = ("FlinkRunner", "PortableRunner")
 # Runners whose workers are this process or its children, on this machine.
 LOCAL_RUNNERS = (*BATCH_ONLY_RUNNERS, "PrismRunner")
+# The runners of Beam's Python Pub/Sub IO.
+PUBSUB_RUNNERS = ("DataflowRunner", "DirectRunner")
 # A Kafka job's checkpoints: its consumer offsets are committed with each, and a restarted job
 # resumes from the last one.
 KAFKA_CHECKPOINT_MS = 10_000
@@ -79,12 +82,21 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
         "Every Beam pipeline option (--runner, ...) is accepted as well.",
     )
     ImageClassificationOptions._add_argparse_args(parser)
-    FlinkCheckpointOptions._add_argparse_args(parser)
+    FlinkStreamingOptions._add_argparse_args(parser)
     add_labels_flag(parser)
     add_bootstrap_servers_flag(parser)
     args, _ = parser.parse_known_args(argv)
     # Checked here, not by argparse: a required flag in a PipelineOptions subclass would break
     # every other pipeline's options in a process that imports this module.
+    if args.input_subscription:
+        if args.input_topic:
+            parser.error("give either --input_topic or --input_subscription, not both")
+        if not is_pubsub(args.input_subscription):
+            parser.error(
+                "--input_subscription is a Pub/Sub subscription, projects/P/subscriptions/S; "
+                f"got {args.input_subscription}"
+            )
+        args.input_topic = args.input_subscription
     if not (args.input or args.input_topic):
         parser.error("--input (images) or --input_topic (Kafka messages) is required")
     if args.input and args.input_topic:
@@ -109,7 +121,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     runner = (standard.runner or "DirectRunner").split(".")[-1]
     if runner == "FlinkRunner" and not _given(beam_argv, "job_server_jvm_properties"):
         beam_argv += [f"--job_server_jvm_properties={flag}" for flag in JAVA_17_FLAGS]
-    if args.input_topic:
+    if is_pubsub(args.input_topic):
+        beam_argv = _pubsub_argv(parser, args, runner, beam_argv)
+    elif args.input_topic:
         beam_argv = _kafka_argv(parser, args, runner, beam_argv)
     elif standard.streaming:
         if runner in BATCH_ONLY_RUNNERS:
@@ -130,6 +144,25 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     elif args.watch_models:
         parser.error("--watch_models needs --streaming: only a running job can swap its model")
     return args, PipelineOptions(beam_argv)
+
+
+def _pubsub_argv(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, runner: str, beam_argv: list[str]
+) -> list[str]:
+    """Checks the Pub/Sub flags; Beam's flags for a Pub/Sub job: streaming."""
+    if runner not in PUBSUB_RUNNERS:
+        parser.error(
+            f"Pub/Sub input ({args.input_topic}) runs on the runners of Beam's Python Pub/Sub IO: "
+            "--runner DataflowRunner or DirectRunner; on Flink, use Kafka (--input_topic NAME "
+            "--bootstrap_servers HOST:PORT)"
+        )
+    if args.output_topic:
+        parser.error(
+            "with Pub/Sub input the results go to files: give --output, not --output_topic"
+        )
+    if _given(beam_argv, "streaming"):
+        return list(beam_argv)
+    return [*beam_argv, "--streaming"]  # a topic is unbounded
 
 
 def _kafka_argv(
@@ -235,7 +268,8 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         write_results(classified, args.output, args.output_format)
     result = pipeline.run()
     if args.input_topic:
-        wait_or_cancel(result, args.stop_after, KAFKA_CANCELLED, flink_master(options))
+        cancelled = FILES_CANCELLED if is_pubsub(args.input_topic) else KAFKA_CANCELLED
+        wait_or_cancel(result, args.stop_after, cancelled, flink_master(options))
     elif streaming:
         wait_or_cancel(result, flink_rest=flink_master(options))
     else:
@@ -249,9 +283,12 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
 def classify_messages(pipeline: beam.Pipeline, args: argparse.Namespace) -> ClassifiedImages:
     """The messages of --input_topic, classified; in windows of --window_size seconds when the
     results go to files."""
-    messages = pipeline | "ReadMessages" >> ReadMessages(
-        args.bootstrap_servers, args.input_topic, args.consumer_group, args.expansion_service
-    )
+    if is_pubsub(args.input_topic):
+        messages = read_pubsub(pipeline, args.input_topic)
+    else:
+        messages = pipeline | "ReadMessages" >> ReadMessages(
+            args.bootstrap_servers, args.input_topic, args.consumer_group, args.expansion_service
+        )
     if not args.output_topic:
         messages = messages | "Windows" >> beam.WindowInto(window.FixedWindows(args.window_size))
     return messages | "ClassifyMessages" >> ClassifyMessages(handler_for(args), args.message_format)

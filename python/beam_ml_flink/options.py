@@ -199,6 +199,12 @@ class ImageClassificationOptions(PipelineOptions):
             "an image's id, each value its URI or its bytes (--message_format).",
         )
         parser.add_argument(
+            "--input_subscription",
+            help="Pub/Sub: classify the messages of this subscription (projects/P/subscriptions/"
+            "S); --input_topic projects/P/topics/T reads a topic. Each message's data is an "
+            "image's URI or bytes (--message_format), its id the `id` attribute.",
+        )
+        parser.add_argument(
             "--consumer_group",
             default="beam-ml-flink",
             help="Kafka: the consumer group whose offsets the job commits at each checkpoint "
@@ -237,9 +243,9 @@ class ImageClassificationOptions(PipelineOptions):
         )
 
 
-class FlinkCheckpointOptions(PipelineOptions):
-    """Flink's checkpointing options, under the names of Beam Java's FlinkPipelineOptions. Declared
-    here because Beam Python's FlinkRunner passes on only the options it knows."""
+class FlinkStreamingOptions(PipelineOptions):
+    """Flink's checkpointing and bundle options, under the names of Beam Java's
+    FlinkPipelineOptions. Declared here because Beam Python passes on only the options it knows."""
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -264,4 +270,16 @@ class FlinkCheckpointOptions(PipelineOptions):
             "--state_backend_storage_path",
             metavar="URI",
             help="Flink: where checkpoints are stored, e.g. file:///tmp/checkpoints.",
+        )
+        parser.add_argument(
+            "--max_bundle_size",
+            type=int,
+            help="Flink: most elements in a bundle (Beam's default 1000 when streaming).",
+        )
+        parser.add_argument(
+            "--max_bundle_time_mills",
+            type=int,
+            help="Flink: most milliseconds a bundle stays open (Beam's default 1000 when "
+            "streaming); each step of a streaming job hands its results on when its bundle "
+            "closes, so this bounds the latency each step adds.",
         )
