@@ -20,6 +20,7 @@ import yaml
 from beam_ml_flink.services.process import (
     START_TIMEOUT_S,
     ChildProcess,
+    ProcessService,
     Service,
     ServiceError,
     check_ports_free,
@@ -260,7 +261,7 @@ class LocalFlinkCluster(Service):
                 os.kill(pid, signal.SIGKILL)
 
 
-class JobServer(Service):
+class JobServer(ProcessService):
     """Beam's Flink job server (`java -jar jar`) on the job, artifact and expansion ports. Its
     Flink is `flink_master`: "[local]" for the one embedded in it, or a cluster's "host:port"."""
 
@@ -279,7 +280,6 @@ class JobServer(Service):
         self.flink_master = flink_master
         self.flink_conf_dir = flink_conf_dir
         self.ports = (job_port, artifact_port, expansion_port)
-        self._process: ChildProcess | None = None
 
     @property
     def endpoint(self) -> str:
@@ -319,20 +319,14 @@ class JobServer(Service):
         )
         self._process.wait_for_port(job_port)
 
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
 
-
-class WorkerPool(Service):
+class WorkerPool(ProcessService):
     """Beam's Python SDK worker pool, the EXTERNAL environment that needs no Docker: the runner asks
     it for SDK workers, which it starts as processes of this Python (and so with beam_ml_flink)."""
 
     def __init__(self, work_dir: Path, port: int = WORKER_POOL_PORT):
         self.work_dir = Path(work_dir)
         self.port = port
-        self._process: ChildProcess | None = None
 
     @property
     def address(self) -> str:
@@ -354,8 +348,3 @@ class WorkerPool(Service):
             "SDK worker pool", argv, self.work_dir / "worker-pool.log", env
         )
         self._process.wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None

@@ -21,7 +21,7 @@ from beam_ml_flink.services.flink import JAVA_17_FLAGS
 from beam_ml_flink.services.process import (
     START_TIMEOUT_S,
     ChildProcess,
-    Service,
+    ProcessService,
     ServiceError,
     check_ports_free,
     log_tail,
@@ -66,7 +66,7 @@ def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
-class KafkaBroker(Service):
+class KafkaBroker(ProcessService):
     """One Kafka broker and controller (KRaft) on loopback, from the launcher `jar` that
     `make kafka` assembles; its configuration, data and log under `work_dir`. The data is formatted
     anew at each start: the broker starts empty."""
@@ -82,7 +82,6 @@ class KafkaBroker(Service):
         self.work_dir = Path(work_dir)
         self.port = port
         self.controller_port = controller_port
-        self._process: ChildProcess | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -196,13 +195,8 @@ class KafkaBroker(Service):
                 if "TOPIC_ALREADY_EXISTS" not in str(e):
                     raise ServiceError(f"could not create the Kafka topic {topic}: {e}") from e
 
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
 
-
-class ExpansionService(Service):
+class ExpansionService(ProcessService):
     """Beam's Java expansion service, on `port`, from the class path of the Flink job server's
     launcher `jar` (which holds KafkaIO). The Java transforms it expands run EMBEDDED: in the
     JVM of the Flink TaskManager (or of the job server's embedded Flink), with Beam's Java SDK
@@ -219,7 +213,6 @@ class ExpansionService(Service):
         self.jar = Path(jar)
         self.work_dir = Path(work_dir)
         self.port = port
-        self._process: ChildProcess | None = None
 
     @property
     def address(self) -> str:
@@ -247,8 +240,3 @@ class ExpansionService(Service):
             "Java expansion service", argv, self.work_dir / "expansion-service.log"
         )
         self._process.wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None

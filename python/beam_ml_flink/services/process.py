@@ -93,6 +93,8 @@ class ChildProcess:
 
 
 class Service:
+    """A local service: a context manager that starts it and always stops what it started."""
+
     def start(self) -> None:
         raise NotImplementedError
 
@@ -114,3 +116,14 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ProcessService(Service):
+    """A service that is one child process (`self._process`, set by `start`)."""
+
+    _process: ChildProcess | None = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
