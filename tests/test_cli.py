@@ -169,3 +169,29 @@ def test_importing_the_options_leaves_other_pipelines_options_alone() -> None:
     options = PipelineOptions(["--runner=DirectRunner"])
     assert options.get_all_options()["runner"] == "DirectRunner"
     assert options.view_as(ImageClassificationOptions).input is None
+
+
+def test_a_missing_input_is_a_usage_error_without_a_traceback(tmp_path: Path) -> None:
+    for input, sentence in (
+        (tmp_path / "nonexistent.txt", "nonexistent.txt does not exist; give a list of images"),
+        (tmp_path / "*.jpg", "no file matches this pattern"),
+    ):
+        run = classify(*demo_args(input, tmp_path / "out" / "r"))
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert sentence in run.stderr
+        assert "Traceback" not in run.stderr
+
+
+def test_an_unwritable_output_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    run = classify(*demo_args(IMAGES, Path("/proc/nope/r")))
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "--output /proc/nope/r: the folder /proc/nope cannot be written" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_empty_list_runs_and_says_it_named_no_images(tmp_path: Path) -> None:
+    listing = tmp_path / "empty.txt"
+    listing.write_text("# nothing yet\n\n")
+    run = classify(*demo_args(listing, tmp_path / "out" / "r"), "--runner=DirectRunner")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"the input list {listing} names no images" in run.stderr

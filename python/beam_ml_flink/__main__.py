@@ -10,11 +10,14 @@ arrive, until ``--stop_after`` seconds have passed or the command is interrupted
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -116,6 +119,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     for what, path in (("model", model), ("labels file", args.labels)):
         if path and not FileSystems.exists(path):
             parser.error(f"the {what} {path} does not exist")
+    if args.input:
+        _check_input(parser, args.input, streaming="--streaming" in argv)
+    if args.output:
+        _check_output(parser, args.output)
     beam_argv = without_labels_flag(list(argv))
     standard = PipelineOptions(beam_argv).view_as(StandardOptions)
     runner = (standard.runner or "DirectRunner").split(".")[-1]
@@ -144,6 +151,62 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     elif args.watch_models:
         parser.error("--watch_models needs --streaming: only a running job can swap its model")
     return args, PipelineOptions(beam_argv)
+
+
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def _check_input(parser: argparse.ArgumentParser, input: str, streaming: bool) -> None:
+    """A local --input must be there before the pipeline starts: a list file, a folder, or a
+    glob that matches files (a watched glob may match nothing yet). A list that names no image
+    is allowed, with a warning: it is almost always a mistake."""
+    if not _is_local(input):
+        return
+    if set("*?[") & set(input):
+        if not streaming and not glob.glob(input):
+            parser.error(f"--input {input}: no file matches this pattern; check the pattern")
+        return
+    if not os.path.exists(input):
+        parser.error(
+            f"--input {input} does not exist; give a list of images (one path per line), "
+            "a folder or a glob"
+        )
+    if os.path.isfile(input):
+        try:
+            with open(input, errors="replace") as f:
+                names = [line.strip() for line in f]
+        except OSError as e:
+            parser.error(f"--input {input} cannot be read: {e.strerror}")
+        if not any(name and not name.startswith("#") for name in names):
+            logger.warning("the input list %s names no images: nothing will be classified", input)
+
+
+def _check_output(parser: argparse.ArgumentParser, output: str) -> None:
+    """A local --output prefix must be in a folder that can be created and written: tried by
+    creating it and a file in it, then removing what the try created."""
+    if not _is_local(output):
+        return
+    folder = os.path.dirname(os.path.abspath(output))
+    missing = folder
+    while not os.path.exists(missing) and os.path.dirname(missing) != missing:
+        missing = os.path.dirname(missing)
+    created = folder if not os.path.exists(folder) else None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".beam-ml-flink-write-check-"):
+            pass
+    except OSError as e:
+        parser.error(
+            f"--output {output}: the folder {folder} cannot be written ({e.strerror}); "
+            "give a prefix in a folder you can write"
+        )
+    finally:
+        # Remove the folders the try made, up to the first one that was there already.
+        while created and created != missing:
+            with contextlib.suppress(OSError):
+                os.rmdir(created)
+            created = os.path.dirname(created)
 
 
 def _pubsub_argv(
