@@ -207,11 +207,25 @@ impl Classification {
         (slf.get_type(), (this.top_k.clone(), this.error.clone()))
     }
 
-    fn __repr__(&self) -> String {
-        match &self.error {
-            Some(error) => format!("Classification(ok=False, error={error:?})"),
-            None => format!("Classification(ok=True, top_k={:?})", self.top_k),
+    /// As Python writes the fields: `(967, 'espresso', 0.9568646)`, `None` without labels;
+    /// probabilities as the float32 they are.
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        if let Some(error) = &self.error {
+            let error = error.into_pyobject(py)?.repr()?;
+            return Ok(format!("Classification(ok=False, error={error})"));
         }
+        let mut entries = Vec::with_capacity(self.top_k.len());
+        for (index, label, probability) in &self.top_k {
+            let label = match label {
+                Some(label) => label.into_pyobject(py)?.repr()?.to_string(),
+                None => "None".to_string(),
+            };
+            entries.push(format!("({index}, {label}, {probability})"));
+        }
+        Ok(format!(
+            "Classification(ok=True, top_k=[{}])",
+            entries.join(", ")
+        ))
     }
 }
 

@@ -33,6 +33,16 @@ pub struct PreprocessSpec {
     table: Box<[[f32; 256]; 3]>,
 }
 
+impl std::fmt::Display for Resize {
+    /// As a user writes it: `256`, or `224,224` for (height, width).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resize::ShorterSide(side) => write!(f, "{side}"),
+            Resize::Exact { height, width } => write!(f, "{height},{width}"),
+        }
+    }
+}
+
 impl PreprocessSpec {
     /// Validates the recipe: positive sizes, a crop that fits the resized image, non-zero std.
     pub fn new(resize: Resize, crop: u32, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
@@ -41,7 +51,7 @@ impl PreprocessSpec {
             | Resize::Exact { height: 0, .. }
             | Resize::Exact { width: 0, .. } => {
                 return Err(Error::InvalidArgument(format!(
-                    "resize must be a positive size or a (height, width) pair of positive sizes, got {resize:?}"
+                    "resize must be a positive size or a (height, width) pair of positive sizes, got {resize}"
                 )));
             }
             Resize::ShorterSide(side) if crop == 0 || crop > side => {

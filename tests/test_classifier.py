@@ -290,3 +290,22 @@ def test_a_batch_run_in_parts_answers_as_one_forward(photos: dict[str, bytes]) -
             )
     with pytest.raises(ValueError, match="at least 1"):
         bmf.ImageClassifier(DEMO_MODEL, forward_batch_size=0)
+
+
+def test_repr_reads_as_python(photos: dict[str, bytes]) -> None:
+    """A Classification's repr shows its fields as Python writes them (quotes, None), the
+    probabilities as the float32 they are: no Rust formatting (`Some(...)`)."""
+    labelled = bmf.ImageClassifier(
+        str(DEMO_MODEL), labels=str(IMAGENET_LABELS), mean=DEMO_MEAN, std=DEMO_STD
+    )
+    good, bad = labelled.classify([photos["coffee.png"], b"junk"], top_k=2)
+    entries = ", ".join(f"({i}, {label!r}, {str(np.float32(p))})" for i, label, p in good.top_k)
+    assert repr(good) == f"Classification(ok=True, top_k=[{entries}])"
+    assert repr(bad) == f"Classification(ok=False, error={bad.error!r})"
+    (unlabelled,) = bmf.ImageClassifier(str(DEMO_MODEL)).classify([photos["coffee.png"]], top_k=1)
+    index, _, probability = unlabelled.top_k[0]
+    assert (
+        repr(unlabelled)
+        == f"Classification(ok=True, top_k=[({index}, None, {str(np.float32(probability))})])"
+    )
+    assert "Some(" not in repr(good) + repr(bad)

@@ -195,3 +195,14 @@ def test_an_empty_list_runs_and_says_it_named_no_images(tmp_path: Path) -> None:
     run = classify(*demo_args(listing, tmp_path / "out" / "r"), "--runner=DirectRunner")
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"the input list {listing} names no images" in run.stderr
+
+
+@pytest.mark.parametrize("resize, shown", [("0", "got 0"), ("0,224", "got 0,224")])
+def test_a_bad_resize_is_shown_as_typed(resize: str, shown: str, tmp_path: Path) -> None:
+    run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), f"--resize={resize}")
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert (
+        f"resize must be a positive size or a (height, width) pair of positive sizes, {shown}"
+        in (run.stderr)
+    )
+    assert "ShorterSide" not in run.stderr and "Exact" not in run.stderr
