@@ -383,16 +383,16 @@ impl ImageClassifier {
         self.inner.spec().output_size()
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let (h, w) = self.inner.spec().output_size();
-        format!(
-            "ImageClassifier(model_path={:?}, device='{}', precision='{}', num_classes={}, \
+        let path = self.inner.model().path().into_pyobject(py)?.str()?.repr()?;
+        Ok(format!(
+            "ImageClassifier(model_path={path}, device='{}', precision='{}', num_classes={}, \
              input_size=({h}, {w}))",
-            self.inner.model().path(),
             self.inner.model().device(),
             self.inner.model().precision(),
             self.inner.num_classes()
-        )
+        ))
     }
 }
 

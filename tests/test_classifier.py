@@ -309,3 +309,8 @@ def test_repr_reads_as_python(photos: dict[str, bytes]) -> None:
         == f"Classification(ok=True, top_k=[({index}, None, {str(np.float32(probability))})])"
     )
     assert "Some(" not in repr(good) + repr(bad)
+
+
+def test_classifier_repr_quotes_its_path_as_python() -> None:
+    classifier = bmf.ImageClassifier(str(DEMO_MODEL))
+    assert repr(classifier).startswith(f"ImageClassifier(model_path={str(DEMO_MODEL)!r}, ")
