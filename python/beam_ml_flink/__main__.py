@@ -174,11 +174,12 @@ def _check_input(parser: argparse.ArgumentParser, input: str, streaming: bool) -
         )
     if os.path.isfile(input):
         try:
+            # Read up to the first entry only: a list may name a billion images.
             with open(input, errors="replace") as f:
-                names = [line.strip() for line in f]
+                named = any(line.strip() and not line.lstrip().startswith("#") for line in f)
         except OSError as e:
             parser.error(f"--input {input} cannot be read: {e.strerror}")
-        if not any(name and not name.startswith("#") for name in names):
+        if not named:
             logger.warning("the input list %s names no images: nothing will be classified", input)
 
 
