@@ -109,6 +109,24 @@ $(KAFKA_JAR): data/kafka.pom.xml
 .PHONY: kafka
 kafka: $(KAFKA_JAR) ## Assemble an Apache Kafka broker (KRaft) from Maven Central into build/kafka
 
+# The demo model as AOTInductor packages, fp32 and int8 (calibrated on the sample photos), compiled
+# for this machine kind by `python -m beam_ml_flink.compile` into a cache in the home folder (named
+# by a hash of the model, options, torch and CPU), then copied beside the TorchScript file.
+PACKAGE_CACHE := $(HOME)/.cache/beam_ml_flink/packages
+DEMO_PACKAGE := data/models/efficientnet_lite0.pt2
+DEMO_PACKAGE_INT8 := data/models/efficientnet_lite0_int8.pt2
+COMPILE_DEMO = PYTHONPATH=data $(PY) -m beam_ml_flink.compile --factory make_demo:efficientnet_lite0 \
+	--name efficientnet_lite0 --output $(PACKAGE_CACHE)
+
+$(DEMO_PACKAGE): $(VENV)/.installed data/.made
+	cp "$$($(COMPILE_DEMO))" $@
+
+$(DEMO_PACKAGE_INT8): $(VENV)/.installed data/.made
+	cp "$$($(COMPILE_DEMO) --int8 --calibration data/images $(DEMO_NORMALIZE))" $@
+
+.PHONY: models
+models: $(DEMO_PACKAGE) $(DEMO_PACKAGE_INT8) ## Compile the demo model into AOTInductor packages, fp32 and int8, for this machine
+
 .PHONY: flink
 flink: $(VENV)/.deps $(FLINK_DIST)/.installed ## Install the Flink distribution into build/ (FLINK_LOCATION)
 
@@ -249,7 +267,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## pytest (Flink and Kafka tests start their own)
+test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
 
 .PHONY: test-install

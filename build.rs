@@ -1,11 +1,13 @@
-//! Builds src/torchscript.cpp against the headers of the libtorch that torch-sys links, and sets
+//! Builds the C++ shims (src/torchscript.cpp, src/aoti.cpp) against the headers of the libtorch that torch-sys links, and sets
 //! the linker options that let the extension and the test binaries find libtorch at run time.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-changed=src/torchscript.cpp");
+    for file in ["src/torchscript.cpp", "src/aoti.cpp", "src/shim.h"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     let lib = PathBuf::from(
         std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports libtorch's lib folder"),
     );
@@ -17,6 +19,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("src/torchscript.cpp")
+        .file("src/aoti.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

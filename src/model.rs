@@ -1,13 +1,15 @@
-//! TorchScript models: load on a device in a precision, run a forward pass over a batch buffer
-//! (on the CPU without copying it; to CUDA through pinned memory), return float32 logits on the
-//! CPU.
+//! Models, TorchScript modules or AOTInductor packages told apart by their content: load on a
+//! device in a precision, run a forward pass over a batch buffer (on the CPU without copying it;
+//! to CUDA through pinned memory), return float32 logits on the CPU.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use tch::{Kind, TchError, Tensor};
 
+use crate::aoti::{archive_kind, ArchiveKind};
 use crate::error::{Error, Result};
+use crate::package::{BatchSizes, Package};
 use crate::torchscript::{load_cuda_backend, to_cuda_pinned, LoadError, ScriptModule};
 
 /// Where the model runs.
@@ -153,10 +155,34 @@ impl Default for ModelOptions {
     }
 }
 
-/// A TorchScript module in eval mode on its device.
+/// The two kinds of model file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// TorchScript (`torch.jit.save`).
+    TorchScript,
+    /// An AOTInductor package (`torch._inductor.aoti_compile_and_package`).
+    Package,
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelFormat::TorchScript => "torchscript",
+            ModelFormat::Package => "aoti",
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Runtime {
+    TorchScript(ScriptModule),
+    Package(Package),
+}
+
+/// A model in eval mode on its device: a TorchScript module or an AOTInductor package.
 #[derive(Debug)]
 pub struct Model {
-    module: ScriptModule,
+    runtime: Runtime,
     options: ModelOptions,
     path: PathBuf,
 }
@@ -171,7 +197,10 @@ pub struct Logits {
 }
 
 impl Model {
-    /// Loads a TorchScript file (saved by `torch.jit.save`) as `options` say.
+    /// Loads a TorchScript file (saved by `torch.jit.save`) or an AOTInductor package (made by
+    /// `torch._inductor.aoti_compile_and_package`) as `options` say; which one it is, is read
+    /// from the file's content. A package computes in the precision it was compiled in and is
+    /// already optimized: `options.optimize` does not apply to it.
     pub fn load(path: &Path, options: ModelOptions) -> Result<Self> {
         if !path.exists() {
             return Err(Error::NotFound {
@@ -182,21 +211,63 @@ impl Model {
         if path.is_dir() {
             return Err(Error::ModelLoad {
                 path: path.to_path_buf(),
-                reason: "it is a directory; pass the TorchScript file itself".to_string(),
+                reason:
+                    "it is a directory; pass the model file itself (TorchScript or a .pt2 package)"
+                        .to_string(),
             });
         }
         let cuda = match options.device.to_tch()? {
             tch::Device::Cuda(n) => Some(n),
             _ => None,
         };
+        let refuse = |reason: String| Error::ModelLoad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match archive_kind(path) {
+            ArchiveKind::Package => {
+                if options.precision != Precision::Float32 {
+                    return Err(refuse(format!(
+                        "it is an AOTInductor package, which computes in the precision it was \
+                         compiled in, and precision '{}' was asked for; leave precision at fp32",
+                        options.precision
+                    )));
+                }
+                let package = Package::load(path, cuda).map_err(refuse)?;
+                return Ok(Self {
+                    runtime: Runtime::Package(package),
+                    options,
+                    path: path.to_path_buf(),
+                });
+            }
+            ArchiveKind::ExportedProgram => {
+                return Err(refuse(format!(
+                    "it is an ExportedProgram saved by torch.export.save, not a compiled \
+                     package; compile it with python -m beam_ml_flink.compile \
+                     --exported_program {} --output model.pt2",
+                    path.display()
+                )))
+            }
+            ArchiveKind::OtherZip => {
+                return Err(refuse(
+                    "it is a torch.save archive (a state dict or a pickled module), not a \
+                     model this runtime can run; save it with torch.jit.save(torch.jit.trace(\
+                     model, example)), or compile a package with python -m \
+                     beam_ml_flink.compile"
+                        .to_string(),
+                ))
+            }
+            ArchiveKind::TorchScript | ArchiveKind::NotZip(_) => {}
+        }
         let cast = options.precision.kind();
         let module = ScriptModule::load(path, cuda, cast, options.optimize).map_err(|e| {
             Error::ModelLoad {
                 path: path.to_path_buf(),
                 reason: match e {
                     LoadError::Read(message) => format!(
-                        "libtorch cannot read it as TorchScript ({}); save the model with \
-                     torch.jit.save(torch.jit.trace(model, example)) or torch.jit.script",
+                        "libtorch cannot read it as TorchScript, nor as an AOTInductor package \
+                     ({}); save the model with torch.jit.save(torch.jit.trace(model, example)), \
+                     or compile a package with python -m beam_ml_flink.compile",
                         trim_libtorch_message(&message)
                     ),
                     LoadError::Optimize(message) => format!(
@@ -208,10 +279,27 @@ impl Model {
             }
         })?;
         Ok(Self {
-            module,
+            runtime: Runtime::TorchScript(module),
             options,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Whether it is a TorchScript module or a package.
+    pub fn format(&self) -> ModelFormat {
+        match self.runtime {
+            Runtime::TorchScript(_) => ModelFormat::TorchScript,
+            Runtime::Package(_) => ModelFormat::Package,
+        }
+    }
+
+    /// The batch sizes a package has been seen to accept (`None` for TorchScript, which takes
+    /// any).
+    pub fn package_batch_sizes(&self) -> Option<BatchSizes> {
+        match &self.runtime {
+            Runtime::TorchScript(_) => None,
+            Runtime::Package(package) => Some(package.batch_sizes()),
+        }
     }
 
     /// The device the model runs on.
@@ -275,10 +363,11 @@ impl Model {
                 .f_to_kind(other.kind())
                 .map_err(|e| fail(torch_reason(e)))?,
         };
-        let output = self
-            .module
-            .forward(&tensor)
-            .map_err(|e| fail(trim_libtorch_message(&e)))?;
+        let output = match &self.runtime {
+            Runtime::TorchScript(module) => module.forward(&tensor),
+            Runtime::Package(package) => package.forward(&tensor),
+        }
+        .map_err(|e| fail(trim_libtorch_message(&e)))?;
         let size = output.size();
         if size.len() != 2 || size[0] != batch as i64 || size[1] < 1 {
             return Err(fail(format!(
@@ -304,7 +393,7 @@ fn torch_reason(error: TchError) -> String {
     trim_libtorch_message(&error.to_string())
 }
 
-fn trim_libtorch_message(text: &str) -> String {
+pub(crate) fn trim_libtorch_message(text: &str) -> String {
     let text = text
         .split("Exception raised from")
         .next()

@@ -229,7 +229,8 @@ impl Classification {
     }
 }
 
-/// A TorchScript image classifier with its preprocessing; immutable, safe to share by threads.
+/// An image classifier (a TorchScript model or an AOTInductor package) with its preprocessing;
+/// immutable, safe to share by threads.
 /// Weak-referenceable because Beam's `shared.Shared` keeps the loaded model by weak reference.
 #[pyclass(
     frozen,
@@ -359,6 +360,12 @@ impl ImageClassifier {
         self.inner.model().precision().to_string()
     }
 
+    /// What the model file is: 'torchscript' or 'aoti' (an AOTInductor package).
+    #[getter]
+    fn model_format(&self) -> String {
+        self.inner.model().format().to_string()
+    }
+
     /// The model file.
     #[getter]
     fn model_path(&self) -> PathBuf {
@@ -387,8 +394,9 @@ impl ImageClassifier {
         let (h, w) = self.inner.spec().output_size();
         let path = self.inner.model().path().into_pyobject(py)?.str()?.repr()?;
         Ok(format!(
-            "ImageClassifier(model_path={path}, device='{}', precision='{}', num_classes={}, \
-             input_size=({h}, {w}))",
+            "ImageClassifier(model_path={path}, model_format='{}', device='{}', precision='{}', \
+             num_classes={}, input_size=({h}, {w}))",
+            self.inner.model().format(),
             self.inner.model().device(),
             self.inner.model().precision(),
             self.inner.num_classes()

@@ -6,16 +6,11 @@
 #include <dlfcn.h>
 #include <torch/script.h>
 
-#include <cstring>
 #include <string>
 
-namespace {
-char* copy_message(const std::string& message) {
-  char* out = static_cast<char*>(std::malloc(message.size() + 1));
-  if (out != nullptr) std::memcpy(out, message.c_str(), message.size() + 1);
-  return out;
-}
-}  // namespace
+#include "shim.h"
+
+using bmf::copy_message;
 
 extern "C" {
 

@@ -60,14 +60,14 @@ pub fn to_cuda_pinned(input: &Tensor, index: usize) -> Result<Tensor, String> {
     // SAFETY: `input` is a valid tensor for the call's duration; the out-parameter is valid.
     let output = unsafe { bmf_to_cuda_pinned(input.as_ptr(), index as c_int, &mut error) };
     if output.is_null() {
-        return Err(take_error(error));
+        return Err(take_message(error));
     }
     // SAFETY: the C++ side returned a new heap tensor that we now own.
     Ok(unsafe { Tensor::from_ptr(output) })
 }
 
 /// Takes the message the C++ side allocated.
-fn take_error(error: *mut c_char) -> String {
+pub(crate) fn take_message(error: *mut c_char) -> String {
     if error.is_null() {
         return "libtorch failed without a message".to_string();
     }
@@ -133,7 +133,7 @@ impl ScriptModule {
             )
         };
         if module.is_null() {
-            let message = take_error(error);
+            let message = take_message(error);
             return Err(if optimize_failed != 0 {
                 LoadError::Optimize(message)
             } else {
@@ -149,7 +149,7 @@ impl ScriptModule {
         // SAFETY: `self.module` is live; `input` is a valid tensor for the call's duration.
         let output = unsafe { bmf_module_forward(self.module, input.as_ptr(), &mut error) };
         if output.is_null() {
-            return Err(take_error(error));
+            return Err(take_message(error));
         }
         // SAFETY: the C++ side returned a new heap tensor that we now own.
         Ok(unsafe { Tensor::from_ptr(output) })

@@ -143,7 +143,10 @@ def test_model_errors_are_clear(tmp_path) -> None:
         bmf.ImageClassifier(tmp_path / "missing.pt")
     not_a_model = tmp_path / "model.pt"
     not_a_model.write_bytes(b"this is not TorchScript")
-    with pytest.raises(bmf.ModelLoadError, match="cannot read it as TorchScript.*torch.jit.save"):
+    with pytest.raises(
+        bmf.ModelLoadError,
+        match="cannot read it as TorchScript, nor as an AOTInductor package.*torch.jit.save",
+    ):
         bmf.ImageClassifier(not_a_model)
     with pytest.raises(bmf.ModelLoadError, match="is a directory"):
         bmf.ImageClassifier(tmp_path)

@@ -48,7 +48,7 @@ def faulty_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("model", "labels", "message"),
     [
-        ("not TorchScript", None, "cannot read it as TorchScript"),
+        ("not TorchScript", None, "it is a torch.save archive (a state dict or a pickled module)"),
         ("not a classifier", None, "must return logits of shape [1, classes]"),
         ("another input size", None, "test forward on one 3x224x224 image failed"),
         ("labels", IMAGENET_LABELS, "returns 10 classes but the labels have 1000 names"),

@@ -122,7 +122,12 @@ class ImageClassifier:
     releases the GIL while it decodes, preprocesses and runs the model.
 
     Args:
-        model_path: A TorchScript file saved by ``torch.jit.save``, returning [N, classes] logits.
+        model_path: A TorchScript file saved by ``torch.jit.save``, or an AOTInductor package
+            (``.pt2``) made by ``torch._inductor.aoti_compile_and_package`` (e.g. by
+            ``python -m beam_ml_flink.compile``), returning [N, classes] logits; which one is
+            read from the content. A package must have been compiled with this torch, for this
+            device and for vector instructions this CPU has; it takes any batch size when its
+            batch dimension is dynamic, and otherwise gets its passes padded and split to fit.
         device: 'cpu', 'cuda' or 'cuda:N'. On CUDA each forward pass's images are copied into
             pinned memory and on to the GPU without blocking; the CUDA libraries are those of the
             installed torch (PyPI's Linux wheels carry them), and an NVIDIA driver is needed.
@@ -136,7 +141,7 @@ class ImageClassifier:
         optimize: Freeze the model and apply libtorch's inference optimizations, as
             ``torch.jit.optimize_for_inference(torch.jit.freeze(model))`` does (conv-bn folding,
             oneDNN kernels on the CPU): the same answers up to float rounding, often several
-            times faster. ``False`` runs the model as saved.
+            times faster. ``False`` runs the model as saved. A package is already optimized.
         forward_batch_size: The most images one forward pass takes. A larger batch is decoded
             and preprocessed at once, then runs as several forward passes, with the same
             answers. None: 8 on the CPU (small batches keep the
@@ -146,11 +151,13 @@ class ImageClassifier:
             model's parameters are cast before it is frozen, each batch after it reaches the
             device; logits come back as float32. Half precisions are for GPUs (fp16's tensor
             cores, bf16 from Ampere on); the CPU runs them too, usually slower than fp32.
+            A package computes in what it was compiled in and takes only 'fp32' here.
 
     Raises:
         FileNotFoundError: The model or labels file does not exist.
-        ModelLoadError: The file is not TorchScript, does not accept the preprocessed size,
-            does not return [N, classes], or has a different number of classes than labels.
+        ModelLoadError: The file is neither TorchScript nor a package this machine can run, does
+            not accept the preprocessed size, does not return [N, classes], or has a different
+            number of classes than labels.
         ValueError: An option is out of range, or CUDA was asked for and is not available
             (the message says whether the installed torch lacks CUDA or the machine a GPU).
     """
@@ -190,6 +197,9 @@ class ImageClassifier:
     @property
     def precision(self) -> str:
         """What the model computes in: 'fp32', 'fp16' or 'bf16'."""
+    @property
+    def model_format(self) -> str:
+        """What the model file is: 'torchscript' or 'aoti' (an AOTInductor package)."""
     @property
     def model_path(self) -> str:
         """The model file."""

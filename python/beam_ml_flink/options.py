@@ -6,36 +6,13 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_ml_flink.arguments import positive_int, resize, seconds, triple
 from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
 from beam_ml_flink.kafka import MESSAGE_FORMATS
 from beam_ml_flink.services.kafka import JAVA_EXPANSION_PORT
 
 # The original dataflow-ml-starter pipeline resizes to 224x224 with no crop.
 STATE_DICT_RESIZE = (224, 224)
-
-
-def _resize(text: str) -> int | tuple[int, int]:
-    parts = text.split(",")
-    try:
-        if len(parts) == 1:
-            return int(parts[0])
-        if len(parts) == 2:
-            return (int(parts[0]), int(parts[1]))
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(
-        f"--resize takes a shorter side (256) or height,width (224,224), got {text!r}"
-    )
-
-
-def _triple(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def add_labels_flag(parser: argparse.ArgumentParser) -> None:
@@ -67,26 +44,6 @@ def without_labels_flag(argv: list[str]) -> list[str]:
     return kept
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 class ImageClassificationOptions(PipelineOptions):
     """What to classify, with which model, and where the results go.
 
@@ -114,22 +71,22 @@ class ImageClassificationOptions(PipelineOptions):
         parser.add_argument(
             "--model_name", help="The torchvision architecture of --model_state_dict_path."
         )
-        parser.add_argument("--top_k", type=_positive, default=5, help="Classes kept per image.")
+        parser.add_argument("--top_k", type=positive_int, default=5, help="Classes kept per image.")
         parser.add_argument(
             "--resize",
-            type=_resize,
+            type=resize,
             default=None,
             help="Shorter side before a center crop (default 256), or height,width with no crop "
             "(default 224,224 with --model_state_dict_path, as the original pipeline).",
         )
-        parser.add_argument("--crop", type=_positive, default=224, help="Center crop side.")
-        parser.add_argument("--mean", type=_triple, default=IMAGENET_MEAN, help="Normalize mean.")
-        parser.add_argument("--std", type=_triple, default=IMAGENET_STD, help="Normalize std.")
+        parser.add_argument("--crop", type=positive_int, default=224, help="Center crop side.")
+        parser.add_argument("--mean", type=triple, default=IMAGENET_MEAN, help="Normalize mean.")
+        parser.add_argument("--std", type=triple, default=IMAGENET_STD, help="Normalize std.")
         parser.add_argument(
             "--device", default="cpu", help="cpu, cuda or cuda:N (CPU and GPU also accepted)."
         )
         parser.add_argument(
-            "--batch_size", type=_positive, default=32, help="Largest batch per model call."
+            "--batch_size", type=positive_int, default=32, help="Largest batch per model call."
         )
         parser.add_argument(
             "--images_dir",
@@ -154,7 +111,7 @@ class ImageClassificationOptions(PipelineOptions):
         )
         parser.add_argument(
             "--forward_batch_size",
-            type=_positive,
+            type=positive_int,
             help="Most images per forward pass; a larger batch, once decoded, runs as several "
             "(default: 8 on the CPU, the whole batch on CUDA).",
         )
@@ -168,20 +125,20 @@ class ImageClassificationOptions(PipelineOptions):
         # With Beam's --streaming, --input (a folder or glob) is watched.
         parser.add_argument(
             "--poll_interval",
-            type=_seconds,
+            type=seconds,
             default=5.0,
             help="Streaming: seconds between two listings of the watched folders (default 5).",
         )
         parser.add_argument(
             "--window_size",
-            type=_seconds,
+            type=seconds,
             default=60.0,
             help="Streaming: seconds of arrival time per output window; a window's files are "
             "written when it closes (default 60).",
         )
         parser.add_argument(
             "--stop_after",
-            type=_seconds,
+            type=seconds,
             help="Streaming: stop watching after this many seconds; the job then writes its "
             "last windows and ends (default: run until interrupted). With --input_topic the job "
             "is cancelled then.",
