@@ -321,6 +321,10 @@ bench-rust: init build-tools ## criterion benches of the Rust stages: decode, re
 bench: init $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS)
 	$(SERVICES) --flink-conf data/flink-conf.yaml -- $(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 
+.PHONY: bench-overlap
+bench-overlap: init ## After make bench: does decoding one part while another runs the model pay here?
+	$(PY) bench/bench_overlap.py $(BENCH_ARGS)
+
 .PHONY: bench-streaming
 bench-streaming: init flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## Kafka streams through the local Flink cluster: ours against the stock path, images/s and latency
 	$(PY) bench/bench_streaming.py $(BENCH_ARGS)

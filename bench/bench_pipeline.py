@@ -10,7 +10,13 @@ run, rounds alternate the contenders so that machine noise hits all of them:
   optimized for inference, its default), and ours unoptimized (optimize=False);
 - limit: the bare model forward on ready tensors of batch 32, as saved, and limit optimized;
   and the optimized forward in passes of 8 images, as ours runs the model on the CPU;
-- on request (--contenders): ours fp16 and ours bf16, the model in half precision.
+- on request (--contenders): ours fp16 and ours bf16, the model in half precision;
+- AOTInductor packages (python -m beam_ml_flink.compile, made once per machine kind): ours with
+  the fp32 package and with the int8 package, the stock Beam PyTorch path whose model is the
+  loaded fp32 package (torch._inductor.aoti_load_package, run in passes of 8 as ours runs it: a
+  package may bound its batch size), and the bare package forward in passes of 8.
+
+Each row's top-1 agreement is counted against the stock path (TorchScript, fp32).
 
 With --device cuda every contender's model runs on the GPU (Beam's handler with device="GPU";
 the limits copy each ready batch to the GPU inside the clock), and the results go to
@@ -51,6 +57,14 @@ MODELS = {
         (0.5,) * 3,
     ),
 }
+# AOTInductor packages of each model: {name: {"fp32": path, "int8": path}}, made by make_models.
+PACKAGES: dict[str, dict[str, Path]] = {}
+PACKAGE_CONTENDERS = {
+    "stock package": "fp32",
+    "ours package": "fp32",
+    "ours int8": "int8",
+    "limit package (passes of 8)": "fp32",
+}
 CONTENDERS = [
     "stock",
     "stock optimized",
@@ -59,6 +73,7 @@ CONTENDERS = [
     "limit",
     "limit optimized",
     "limit optimized (passes of 8)",
+    *PACKAGE_CONTENDERS,
 ]
 
 
@@ -104,6 +119,36 @@ def make_models() -> None:
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), str(path))
 
 
+def make_packages(calibration: list[str]) -> None:
+    """fp32 and int8 packages of each model, compiled by beam_ml_flink.compile into the package
+    cache (reused when the model, options, torch and CPU are the same); int8 is calibrated on 64
+    of the photos with the model's own preprocessing."""
+    cache = Path.home() / ".cache" / "beam_ml_flink" / "packages"
+    listing = WORK / "calibration.txt"
+    listing.write_text("".join(f"{p}\n" for p in calibration[:64]))
+    sources = {
+        # The same random weights (seed 0) as the traced mobilenet_v2.pt.
+        "mobilenet_v2": ["--model_name", "mobilenet_v2", "--seed", "0"],
+        "efficientnet_lite0": ["--factory", "make_demo:efficientnet_lite0"],
+    }
+    for name, source in sources.items():
+        _, mean, std = MODELS[name]
+        PACKAGES[name] = {}
+        for kind in ("fp32", "int8"):
+            extra = ["--int8", "--calibration", str(listing)] if kind == "int8" else []
+            norm = ["--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std))]
+            made = subprocess.run(
+                [sys.executable, "-m", "beam_ml_flink.compile", *source, "--name", name]
+                + ["--output", str(cache), *norm, *extra],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "data")},
+            )
+            if made.returncode != 0:
+                raise RuntimeError(f"compiling {name} {kind} failed:\n{made.stderr[-3000:]}")
+            PACKAGES[name][kind] = Path(made.stdout.strip())
+
+
 # --- what a child process runs ---------------------------------------------------------------
 
 
@@ -136,12 +181,33 @@ def stock_pipeline(
             loaded = super().load_model()
             return torch.jit.optimize_for_inference(torch.jit.freeze(loaded))
 
-    handler_class = OptimizedHandler if optimize else PytorchModelHandlerTensor
+    class PackageHandler(PytorchModelHandlerTensor):
+        """Beam's handler with the loaded AOTInductor package as its model."""
+
+        def load_model(self):
+            return torch._inductor.aoti_load_package(model)
+
+    def in_passes_of_8(batch, package, device, inference_args, model_id=None):
+        from apache_beam.ml.inference import utils
+
+        tensors = torch.stack(batch).to(device)
+        with torch.no_grad():
+            logits = torch.cat([package(part) for part in tensors.split(8)])
+        return utils._convert_to_result(batch, logits, model_id)
+
+    kwargs = {}
+    if model.endswith(".pt2"):
+        handler_class = PackageHandler
+        kwargs = {"state_dict_path": model, "model_class": torch.nn.Identity}
+        kwargs["inference_fn"] = in_passes_of_8
+    else:
+        handler_class = OptimizedHandler if optimize else PytorchModelHandlerTensor
+        kwargs = {"torch_script_model_path": model}
     handler = handler_class(
-        torch_script_model_path=model,
         device="GPU" if device == "cuda" else "CPU",
         min_batch_size=BATCH,
         max_batch_size=BATCH,
+        **kwargs,
     )
 
     def build(p):
@@ -251,9 +317,12 @@ def bare_forward(
 
     import beam_ml_flink as bmf
 
-    module = torch.jit.load(model, map_location=device).eval()
-    if optimize:
-        module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+    if model.endswith(".pt2"):
+        module = torch._inductor.aoti_load_package(model)
+    else:
+        module = torch.jit.load(model, map_location=device).eval()
+        if optimize:
+            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
     # Ready tensors: the images preprocessed before the clock starts.
     batches = []
     for i in range(0, len(paths), BATCH):
@@ -282,6 +351,10 @@ CHILD = {
     "limit": (bare_forward, False),
     "limit optimized": (bare_forward, True),
     "limit optimized (passes of 8)": (partial(bare_forward, passes_of=8), True),
+    "stock package": (stock_pipeline, True),
+    "ours package": (ours_pipeline, True),
+    "ours int8": (ours_pipeline, True),
+    "limit package (passes of 8)": (partial(bare_forward, passes_of=8), True),
 }
 
 
@@ -358,6 +431,8 @@ def main() -> None:
     make_models()
     inputs = make_inputs()
     contenders = args.contenders.split(",")
+    if any(c in PACKAGE_CONTENDERS for c in contenders):
+        make_packages(inputs["256 photos 640x427"])
     rows = []
     for runner in args.runners.split(","):
         for model_name in args.models.split(","):
@@ -371,6 +446,10 @@ def main() -> None:
                     for contender in order:
                         if contender.startswith("limit") and runner != "DirectRunner":
                             continue
+                        if contender in PACKAGE_CONTENDERS:
+                            model = PACKAGES[model_name][PACKAGE_CONTENDERS[contender]]
+                        else:
+                            model = MODELS[model_name][0]
                         job = {
                             "contender": contender,
                             "paths": paths,
@@ -405,10 +484,12 @@ def summarize(runner: str, model: str, images: str, count: int, results: dict) -
     }
     rss = {c: max(r["peak_rss_mb"] for r in runs) for c, runs in results.items() if runs}
     stock_top1 = results["stock"][0]["top1"] if results.get("stock") else None
-    agree = None
-    if stock_top1 and results.get("ours"):
-        ours = results["ours"][0]["top1"]
-        agree = sum(ours[k] == v for k, v in stock_top1.items())
+    agree = {}
+    if stock_top1:
+        for contender, runs in results.items():
+            if runs and contender != "stock":
+                top1 = runs[0]["top1"]
+                agree[contender] = sum(top1[k] == v for k, v in stock_top1.items())
     return {
         "runner": runner,
         "model": model,
@@ -439,8 +520,8 @@ def write_results(rows: list[dict], repeats: int, device: str) -> None:
         "each contender's process.",
         "",
         "| runner | model | images | contender | images/s | vs stock | vs limit "
-        "| whole run images/s | peak RSS MB |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| whole run images/s | peak RSS MB | top-1 = stock's |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     # The bare forward does not depend on the runner: each runner's rows use the one measured.
     limits = {
@@ -452,15 +533,12 @@ def write_results(rows: list[dict], repeats: int, device: str) -> None:
         for contender, (median, low, high) in row["rates"].items():
             vs_stock = f"{median / stock:.2f}x" if stock else ""
             vs_limit = f"{median / limit:.0%}" if limit else ""
+            agree = row["top1_agree"].get(contender)
+            agreement = "" if agree is None else f"{agree}/{row['count']}"
             lines.append(
                 f"| {row['runner']} | {row['model']} | {row['images']} | {contender} | "
                 f"{median:.1f} ({low:.1f}-{high:.1f}) | {vs_stock} | {vs_limit} | "
-                f"{row['whole'][contender]:.1f} | {row['rss'][contender]:.0f} |"
-            )
-        if row["top1_agree"] is not None:
-            lines.append(
-                f"| | | | top-1 of ours = stock's | {row['top1_agree']}/{row['count']} "
-                "images | | | | |"
+                f"{row['whole'][contender]:.1f} | {row['rss'][contender]:.0f} | {agreement} |"
             )
     table = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 DEFAULT_CALIBRATION_COUNT = 64
 #: Images per calibration forward pass.
 CALIBRATION_BATCH = 8
+#: How packages are made; part of a cached package's name hash, so that a change remakes them.
+RECIPE = "export and compile under no_grad, freezing, dynamic batch from 1"
 
 
 class CompileError(Exception):
@@ -62,7 +64,10 @@ def export(
     if not isinstance(module, torch.fx.GraphModule):  # an exported graph is in eval mode already
         module = module.eval()
     try:
-        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        # Under no_grad, as inference runs: otherwise the graph keeps autograd's view of the
+        # weights and inductor cannot fold them (an int8 model then runs at fp32's speed).
+        with torch.no_grad():
+            return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     except Exception as e:  # torch raises many kinds; all mean the same to a user here
         raise CompileError(
             f"torch.export could not export the model for [batch, 3, {input_size[0]}, "
@@ -121,7 +126,8 @@ def quantize_int8(
     converted = convert_pt2e(prepared)
     example = torch.zeros(2, 3, *input_size)
     batch_dim = torch.export.Dim("batch", min=1)
-    return torch.export.export(converted, (example,), dynamic_shapes=({0: batch_dim},))
+    with torch.no_grad():
+        return torch.export.export(converted, (example,), dynamic_shapes=({0: batch_dim},))
 
 
 def compile_package(program: torch.export.ExportedProgram, output: Path) -> Path:
@@ -136,7 +142,7 @@ def compile_package(program: torch.export.ExportedProgram, output: Path) -> Path
     partial = output.with_name(f".{output.stem}.{os.getpid()}.partial.pt2")
     settings = {"freezing": True, "aot_inductor.check_lowerbound": False}
     try:
-        with torch._inductor.config.patch(settings):
+        with torch.no_grad(), torch._inductor.config.patch(settings):
             torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
     except Exception as e:
         partial.unlink(missing_ok=True)
@@ -255,6 +261,7 @@ def package_path(args: argparse.Namespace, source: bytes, calibration: list[str]
         return output
     key = hashlib.sha256(source)
     settings = (
+        RECIPE,
         args.input_size,
         args.int8,
         args.resize,
