@@ -56,7 +56,7 @@ PORTABLE_RUNNER := --runner PortableRunner --job_endpoint localhost:8099
 KAFKA_JAR := build/kafka/kafka-broker.jar
 export KAFKA_BROKER_JAR := $(abspath $(KAFKA_JAR))
 
-RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs')
+RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs' -o -name '*.cpp' -o -name '*.h')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
 
 .PHONY: help

@@ -2,6 +2,7 @@
 // libtorch's package loader, and what kind of torch archive a file is. A C ABI for src/aoti.rs;
 // every C++ exception becomes an error string.
 #include <caffe2/serialize/inline_container.h>
+#include <dlfcn.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/torch.h>
 
@@ -67,6 +68,14 @@ char* bmf_package_metadata(const char* path, char** error) {
 void* bmf_package_load(const char* path, int device, char** error) {
   static std::once_flag checks;
   std::call_once(checks, [] { setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 1); });
+  // A package's code links libtorch.so by name, with no path: unless torch was imported (which
+  // loads it), it is not found. Load it globally first, through this library's run path, as
+  // for libtorch_cuda.so.
+  if (dlopen("libtorch.so", RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    *error = copy_message(std::string("cannot load libtorch.so beside libtorch_cpu.so: ") +
+                          dlerror());
+    return nullptr;
+  }
   try {
     return new torch::inductor::AOTIModelPackageLoader(
         std::string(path), kModelName, /*run_single_threaded=*/false, /*num_runners=*/1,

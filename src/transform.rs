@@ -63,12 +63,14 @@ impl PreprocessSpec {
         }
         if let Some(bad) = std.iter().find(|s| !s.is_finite() || **s == 0.0) {
             return Err(Error::InvalidArgument(format!(
-                "std values must be finite and non-zero, got {bad} in {std:?}"
+                "std values must be finite and non-zero, got {bad} in {}",
+                as_typed(&std)
             )));
         }
         if let Some(bad) = mean.iter().find(|m| !m.is_finite()) {
             return Err(Error::InvalidArgument(format!(
-                "mean values must be finite, got {bad} in {mean:?}"
+                "mean values must be finite, got {bad} in {}",
+                as_typed(&mean)
             )));
         }
         let mut table = Box::new([[0.0f32; 256]; 3]);
@@ -209,4 +211,9 @@ pub fn center_offset(size: u32, crop: u32) -> u32 {
     } else {
         half
     }
+}
+
+/// Three values as a user types them: `0.5,0.5,0.5`.
+fn as_typed(values: &[f32; 3]) -> String {
+    values.map(|v| v.to_string()).join(",")
 }

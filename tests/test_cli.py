@@ -133,9 +133,9 @@ def test_original_pipeline_flags_and_csv_output(tmp_path: Path, photos: dict[str
     ("args", "message"),
     [
         (["--model_path=/no/such/model.pt"], "the model /no/such/model.pt does not exist"),
-        ([], "--model_path (a TorchScript file) is required"),
+        ([], "--model_path (TorchScript or an AOTInductor package) is required"),
         (["--model_state_dict_path=x.pth"], "--model_state_dict_path needs --model_name"),
-        ([f"--model_path={DEMO_MODEL}", "--resize=2x2"], "--resize takes a shorter side"),
+        ([f"--model_path={DEMO_MODEL}", "--resize=2x2"], "--resize takes a positive shorter side"),
         ([f"--model_path={DEMO_MODEL}", "--mean=1,2"], "expected three comma-separated numbers"),
         ([f"--model_path={DEMO_MODEL}", "--precision=int8"], "--precision: invalid choice"),
     ],
@@ -197,12 +197,99 @@ def test_an_empty_list_runs_and_says_it_named_no_images(tmp_path: Path) -> None:
     assert f"the input list {listing} names no images" in run.stderr
 
 
-@pytest.mark.parametrize("resize, shown", [("0", "got 0"), ("0,224", "got 0,224")])
-def test_a_bad_resize_is_shown_as_typed(resize: str, shown: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("resize", ["0", "0,224", "-5", "224,-1"])
+def test_a_bad_resize_is_shown_as_typed(resize: str, tmp_path: Path) -> None:
     run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), f"--resize={resize}")
     assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
     assert (
-        f"resize must be a positive size or a (height, width) pair of positive sizes, {shown}"
+        f"--resize takes a positive shorter side (256) or height,width (224,224), got '{resize}'"
         in (run.stderr)
     )
-    assert "ShorterSide" not in run.stderr and "Exact" not in run.stderr
+
+
+@pytest.mark.parametrize("resize, shown", [(0, "got 0"), ((0, 224), "got 0,224")])
+def test_a_bad_resize_in_the_api_is_shown_as_typed(resize, shown: str) -> None:
+    # The Rust core's own check: its message shows the value, not Rust's Debug form.
+    with pytest.raises(ValueError) as raised:
+        bmf.preprocess([(IMAGES / "coffee.png").read_bytes()], resize=resize)
+    message = str(raised.value)
+    assert (
+        f"resize must be a positive size or a (height, width) pair of positive sizes, {shown}"
+        in (message)
+    )
+    assert "ShorterSide" not in message and "Exact" not in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "shown"), [("--std=0,1,1", "got 0 in 0,1,1"), ("--mean=nan,1,1", "got NaN in NaN,1,1")]
+)
+def test_bad_normalization_is_shown_as_typed(flag: str, shown: str, tmp_path: Path) -> None:
+    run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), flag)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert shown in run.stderr
+    assert "[" not in run.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--labels=/"], "cannot read labels file /: Is a directory"),
+        (["--labels=/no/such/labels.txt"], "the labels file /no/such/labels.txt does not exist"),
+        (["--device=tpu"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        (["--images_dir=/no/such/folder"], "--images_dir /no/such/folder is not a folder"),
+        (["--crop=abc"], "argument --crop: expected a positive integer, got 'abc'"),
+        (["--top_k=0"], "argument --top_k: expected a positive integer, got '0'"),
+        (["--batch_size=-1"], "argument --batch_size: expected a positive integer, got '-1'"),
+        (["--forward_batch_size=x"], "argument --forward_batch_size: expected a positive integer"),
+        (["--poll_interval=0"], "argument --poll_interval: expected a positive number of seconds"),
+        (["--window_size=soon"], "argument --window_size: expected a positive number of seconds"),
+        (["--output_format=xml"], "argument --output_format: invalid choice: 'xml'"),
+        (["--message_format=png"], "argument --message_format: invalid choice: 'png'"),
+        (["--show=all"], "argument --show: invalid int value: 'all'"),
+        (["--checkpointing_interval=often"], "argument --checkpointing_interval: invalid int"),
+        (["--crop=100000"], "crop must be between 1 and resize (256), got 100000"),
+    ],
+)
+def test_every_flag_given_a_wrong_value_is_one_sentence(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), *args)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert message in run.stderr
+
+
+@pytest.fixture(scope="module")
+def mobilenet_state_dict(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from torchvision import models
+
+    path = tmp_path_factory.mktemp("state") / "mobilenet_v2.pth"
+    torch.save(models.mobilenet_v2().state_dict(), path)
+    return path
+
+
+def test_bad_state_dicts_stop_the_command_with_a_sentence(
+    tmp_path: Path, mobilenet_state_dict: Path
+) -> None:
+    cases = [
+        (["--model_state_dict_path=/tmp", "--model_name=mobilenet_v2"], "/tmp is a directory"),
+        (
+            [f"--model_state_dict_path={IMAGES / 'coffee.png'}", "--model_name=mobilenet_v2"],
+            "torch.load cannot read the state dict",
+        ),
+        (
+            [f"--model_state_dict_path={mobilenet_state_dict}", "--model_name=resnet18"],
+            "does not fit torchvision's resnet18",
+        ),
+        (
+            [f"--model_state_dict_path={mobilenet_state_dict}", "--model_name=no_such_net"],
+            "unknown torchvision model 'no_such_net'",
+        ),
+    ]
+    for args, message in cases:
+        run = classify(f"--input={IMAGES}", f"--output={tmp_path / 'out' / 'r'}", *args)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+        assert message in run.stderr

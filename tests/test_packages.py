@@ -329,3 +329,59 @@ def test_demo_packages_agree_with_torchscript_and_int8_with_fp32() -> None:
     agreement = (quantized.argmax(1) == logits.argmax(1)).mean()
     print(f"int8 top-1 agreement with fp32 on {len(images)} photos: {agreement:.1%}")
     assert agreement >= 0.9
+
+
+def test_cli_classifies_with_a_package_as_with_torchscript(tmp_path: Path) -> None:
+    fp32, _ = demo_packages()
+    norm = ["--mean=0.5,0.5,0.5", "--std=0.5,0.5,0.5", f"--labels={IMAGENET_LABELS}"]
+    run = subprocess.run(
+        [sys.executable, "-m", "beam_ml_flink", f"--input={IMAGES}", f"--model_path={fp32}"]
+        + [f"--output={tmp_path / 'out' / 'r'}", "--runner=DirectRunner", *norm],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    import json
+
+    rows = [
+        json.loads(line)
+        for f in sorted((tmp_path / "out").glob("r-*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    paths = sorted(IMAGES.iterdir())
+    reference = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+    expected = reference.logits([p.read_bytes() for p in paths]).argmax(1)
+    assert {r["image"]: r["top_k"][0]["index"] for r in rows} == {
+        str(p): int(i) for p, i in zip(paths, expected, strict=True)
+    }
+    assert {r["model"] for r in rows} == {str(fp32)}
+
+
+def test_threads_share_one_package(tiny_package: Path, static_package: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = photos()
+    for package in (tiny_package, static_package):
+        classifier = bmf.ImageClassifier(package, resize=SIZE, crop=SIZE, forward_batch_size=3)
+        expected = classifier.logits(images)
+        batches = [images[i % 5 :] for i in range(40)]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(classifier.logits, batches))
+        for batch_images, logits in zip(batches, results, strict=True):
+            start = len(images) - len(batch_images)
+            # Other batch compositions may take other kernel paths: equal up to rounding.
+            np.testing.assert_allclose(logits, expected[start:], rtol=0, atol=1e-5)
+
+
+def test_a_package_runs_without_importing_torch(tiny_package: Path) -> None:
+    # The package's code links libtorch.so by name; a worker need not have imported torch.
+    code = (
+        "import sys, beam_ml_flink as bmf\n"
+        f"c = bmf.ImageClassifier({str(tiny_package)!r}, resize={SIZE}, crop={SIZE})\n"
+        f"print(c.logits([open({str(IMAGES / 'coffee.png')!r}, 'rb').read()]).shape)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "(1, 10)"

@@ -81,8 +81,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     """This pipeline's flags, checked (with a usable --help), and Beam's options."""
     parser = argparse.ArgumentParser(
         prog="python -m beam_ml_flink",
-        description="Classify images with a TorchScript model on any Apache Beam runner. "
-        "Every Beam pipeline option (--runner, ...) is accepted as well.",
+        description="Classify images with a TorchScript model or an AOTInductor package on any "
+        "Apache Beam runner. Every Beam pipeline option (--runner, ...) is accepted as well.",
     )
     ImageClassificationOptions._add_argparse_args(parser)
     FlinkStreamingOptions._add_argparse_args(parser)
@@ -114,11 +114,13 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
         if args.model_path:
             parser.error("give either --model_path or --model_state_dict_path, not both")
     elif not args.model_path:
-        parser.error("--model_path (a TorchScript file) is required")
+        parser.error("--model_path (TorchScript or an AOTInductor package) is required")
     model = args.model_path or args.model_state_dict_path
     for what, path in (("model", model), ("labels file", args.labels)):
         if path and not FileSystems.exists(path):
             parser.error(f"the {what} {path} does not exist")
+    if args.images_dir and "://" not in args.images_dir and not os.path.isdir(args.images_dir):
+        parser.error(f"--images_dir {args.images_dir} is not a folder")
     if args.input:
         _check_input(parser, args.input, streaming="--streaming" in argv)
     if args.output:
@@ -294,6 +296,12 @@ def check_model(args: argparse.Namespace, options: PipelineOptions) -> None:
     stops the command with its reason and exit code 2, instead of failing every worker. It loads
     on the CPU unless the workers run on this machine, whose device is then the one checked."""
     model = args.model_path or args.model_state_dict_path
+    if os.path.isdir(model):
+        flag = "--model_path" if args.model_path else "--model_state_dict_path"
+        sys.stderr.write(
+            f"python -m beam_ml_flink: error: {flag} {model} is a directory; give the model file\n"
+        )
+        sys.exit(2)
     if not os.path.isfile(model):
         return  # a remote URI: the workers read it
     device = args.device if _workers_here(options) else "cpu"

@@ -9,14 +9,15 @@ import argparse
 def resize(text: str) -> int | tuple[int, int]:
     parts = text.split(",")
     try:
-        if len(parts) == 1:
-            return int(parts[0])
-        if len(parts) == 2:
-            return (int(parts[0]), int(parts[1]))
+        sides = [int(part) for part in parts]
     except ValueError:
-        pass
+        sides = []
+    if len(sides) == 1 and sides[0] > 0:
+        return sides[0]
+    if len(sides) == 2 and min(sides) > 0:
+        return (sides[0], sides[1])
     raise argparse.ArgumentTypeError(
-        f"--resize takes a shorter side (256) or height,width (224,224), got {text!r}"
+        f"--resize takes a positive shorter side (256) or height,width (224,224), got {text!r}"
     )
 
 

@@ -24,15 +24,17 @@ METRICS_NAMESPACE = "BeamML_BeamMLFlink"
 
 
 class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifier]):
-    """Classifies encoded images with a TorchScript model, decoding and preprocessing in Rust.
+    """Classifies encoded images with a TorchScript model or an AOTInductor package, decoding and
+    preprocessing in Rust.
 
     Every image gives one ``PredictionResult`` whose ``inference`` is a
     :class:`beam_ml_flink.Classification`: its ``top_k`` when the image was classified, its
     ``error`` when it could not be (bad image, failed forward). Bad input never raises.
 
     Args:
-        model_path: A TorchScript file (``torch.jit.save``) returning [N, classes] logits; or,
-            with ``model_name``, a torchvision state dict.
+        model_path: A TorchScript file (``torch.jit.save``) or an AOTInductor package (``.pt2``,
+            see ``python -m beam_ml_flink.compile``) returning [N, classes] logits; or, with
+            ``model_name``, a torchvision state dict.
         device: 'cpu', 'cuda' or 'cuda:N' ('GPU' is accepted for 'cuda').
         resize: The shorter side after resizing (then a center crop of ``crop``), or
             (height, width) to resize to exactly with no crop.

@@ -63,7 +63,10 @@ class ImageClassificationOptions(PipelineOptions):
             "PREFIX_failures-*.jsonl failures (with --output_format csv, predictions go to "
             "exactly PREFIX).",
         )
-        parser.add_argument("--model_path", help="A TorchScript image classifier.")
+        parser.add_argument(
+            "--model_path",
+            help="An image classifier: TorchScript, or an AOTInductor package (.pt2).",
+        )
         parser.add_argument(
             "--model_state_dict_path",
             help="A torchvision state dict (the original pipeline's flag); needs --model_name.",

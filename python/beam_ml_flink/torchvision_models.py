@@ -57,10 +57,17 @@ def trace_state_dict(model_name: str, state_dict_path: str, input_size: tuple[in
         return traced
 
     model = models.get_model(model_name, weights=None, num_classes=NUM_CLASSES)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises pickle, zip and runtime errors alike
+        raise ValueError(
+            f"torch.load cannot read the state dict {state_dict_path} "
+            f"({str(e).strip().splitlines()[0]}); save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from e
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise ValueError(
             f"the state dict {state_dict_path} does not fit torchvision's {model_name}: {e}"
         ) from e
