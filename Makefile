@@ -77,9 +77,15 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md | build-tools
+# The wheel of the current sources; dist/.built goes with it, so a removed dist/ is rebuilt.
+WHEEL_BUILT := dist/.built
+
+$(WHEEL_BUILT): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md | build-tools
 	rm -rf dist
 	maturin build --release --out dist
+	touch $@
+
+$(VENV)/.installed: $(WHEEL_BUILT)
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/beam_ml_flink-*.whl
 	touch $@
 
@@ -137,7 +143,7 @@ flink-job-server: $(JOB_SERVER_JAR) ## Assemble Beam's Flink job server from Mav
 init: $(VENV)/.installed data/.made ## Create .venv, install deps, build and install the extension, make demo data
 
 .PHONY: wheel
-wheel: $(VENV)/.installed ## Build the wheel into dist/
+wheel: $(WHEEL_BUILT) ## Build the wheel of the current sources into dist/
 
 .PHONY: run
 run: run-direct ## Set up, then classify the sample photos on the DirectRunner and print a table
@@ -213,6 +219,19 @@ run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT 
 	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) --worker-pool -- \
 	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type EXTERNAL --environment_config localhost:5000 $(ARGS)
 
+# DOCKER workers: the TaskManager starts SDK harness containers of the image `make docker-cpu`
+# built; they see this folder at its own path (the container engine mounts it), so INPUT, MODEL,
+# LABELS and OUTPUT are given as absolute paths under it.
+.PHONY: run-portable-flink-docker-local
+run-portable-flink-docker-local: init flink $(JOB_SERVER_JAR) container-engine ## Classify INPUT on the local Flink cluster with DOCKER workers (the image of make docker-cpu)
+	$(WITH_ENGINE) docker image inspect $(LOCAL_IMAGE) >/dev/null 2>&1 || \
+		{ echo "no worker image $(LOCAL_IMAGE): run make docker-cpu first" >&2; exit 2; }
+	$(CLEAN_OUTPUT)
+	$(WITH_ENGINE) $(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) -- \
+	$(PY) -m beam_ml_flink --input $(abspath $(INPUT)) --output $(abspath $(OUTPUT)) \
+		--model_path $(abspath $(MODEL)) $(if $(LABELS),--labels $(abspath $(LABELS))) $(NORMALIZE) --show 20 \
+		$(PORTABLE_RUNNER) --environment_type DOCKER --environment_config $(LOCAL_IMAGE) $(ARGS)
+
 # Dataproc and Docker: the SDK worker image, a Dataproc cluster with Flink and Docker, and the job
 # submitted by a local job server to the cluster's Flink through an SSH tunnel. Settings: .env.
 # DRY_RUN=1 prints each gcloud and docker command instead of running it.
@@ -225,9 +244,72 @@ GCLOUD_SSH = gcloud compute ssh $(CLUSTER_NAME)-m --project=$(PROJECT_ID) --zone
 TUNNEL = -L $(TUNNEL_PATTERN)
 TUNNEL_PATTERN = $(FLINK_TUNNEL_PORT):localhost:$(FLINK_REST_PORT)
 
+# Containers: a Docker engine where one answers, unchanged; otherwise Debian's podman with runc
+# (`make container-engine`), reached as `docker` through build/container-engine/bin and configured by
+# data/container/containers.conf, with this folder mounted at its own path in every container
+# (how DOCKER workers on the local cluster see the inputs, the model and the output folder).
+DOCKER_ENGINE = $(shell timeout 10 docker info >/dev/null 2>&1 && echo yes)
+ENGINE_DIR := build/container-engine
+CONTAINERS_CONF := $(abspath $(ENGINE_DIR)/containers.conf)
+WITH_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(CONTAINERS_CONF))
+LOCAL_IMAGE := localhost/beam-ml-flink/cpu:$(IMAGE_BEAM_VERSION)
+# Base images made here when Docker Hub is out of reach: Debian by debootstrap (trusting the
+# certificate authorities this machine adds to Debian's, as pip here does), Beam's SDK harness
+# layout on it (boot built by go install), and the wheel builder's tools.
+DEBIAN_IMAGE := localhost/beam-ml-flink/debian:bookworm
+SDK_BASE_IMAGE := localhost/beam-ml-flink/beam_python3.11_sdk:$(IMAGE_BEAM_VERSION)
+BUILDER_BASE_IMAGE := localhost/beam-ml-flink/builder:bookworm
+
+.PHONY: container-engine
+container-engine: ## Use the Docker engine that answers, or install and configure podman + runc
+	@if [ -n "$(DOCKER_ENGINE)" ]; then echo "a Docker engine answers: using it"; else \
+		command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+			echo "installing podman, runc, podman-docker and debootstrap from Debian"; \
+			SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq; \
+			DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq podman runc podman-docker debootstrap >/dev/null; }; \
+		mkdir -p $(ENGINE_DIR)/bin; \
+		cp data/container/docker $(ENGINE_DIR)/bin/docker; \
+		sed 's|^\[containers\]$$|[containers]\nvolumes = ["$(CURDIR):$(CURDIR)"]|' data/container/containers.conf > $(CONTAINERS_CONF); \
+		echo "podman answers as docker (CONTAINERS_CONF=$(CONTAINERS_CONF))"; fi
+
+.PHONY: container-bases
+container-bases: container-engine ## Make the base images without Docker Hub (debootstrap, go install), once
+	@$(WITH_ENGINE) podman image exists $(DEBIAN_IMAGE) || { \
+		rm -rf $(ENGINE_DIR)/rootfs; \
+		debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
+			$(ENGINE_DIR)/rootfs http://deb.debian.org/debian >$(ENGINE_DIR)/debootstrap.log; \
+		cp /usr/local/share/ca-certificates/*.crt $(ENGINE_DIR)/rootfs/usr/local/share/ca-certificates/ 2>/dev/null || true; \
+		chroot $(ENGINE_DIR)/rootfs update-ca-certificates >/dev/null; \
+		printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > $(ENGINE_DIR)/rootfs/etc/pip.conf; \
+		tar -C $(ENGINE_DIR)/rootfs -c . | $(WITH_ENGINE) podman import - $(DEBIAN_IMAGE); \
+		rm -rf $(ENGINE_DIR)/rootfs; }
+	@$(WITH_ENGINE) podman image exists $(SDK_BASE_IMAGE) || { \
+		mkdir -p $(ENGINE_DIR)/sdk; \
+		GOBIN=$(abspath $(ENGINE_DIR)/sdk) go install github.com/apache/beam/sdks/v2/python/container@v$(IMAGE_BEAM_VERSION); \
+		mv $(ENGINE_DIR)/sdk/container $(ENGINE_DIR)/sdk/boot; \
+		$(WITH_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+			--build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) -f data/container/sdk-base.Dockerfile \
+			--tag $(SDK_BASE_IMAGE) $(ENGINE_DIR)/sdk; }
+	@$(WITH_ENGINE) podman image exists $(BUILDER_BASE_IMAGE) || \
+		$(WITH_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+			-f data/container/builder-base.Dockerfile --tag $(BUILDER_BASE_IMAGE) data/container
+
 .PHONY: docker-cpu
-docker-cpu: ## Build the CPU SDK worker image (needs a Docker engine)
+docker-cpu: ## Build the CPU SDK worker image: from the public images with Docker, else from bases made here
+ifneq ($(DRY_RUN),)
 	$(DO) docker build --target cpu --build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) --tag $(CPU_IMAGE_URI) .
+else
+	@if [ -n "$(DOCKER_ENGINE)" ]; then \
+		docker build --target cpu --build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) \
+			--tag $(LOCAL_IMAGE) --tag $(CPU_IMAGE_URI) . ; \
+	else $(MAKE) --no-print-directory container-bases && \
+		$(WITH_ENGINE) podman build --network host --target cpu \
+			--build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) \
+			--build-arg BUILDER_IMAGE=$(BUILDER_BASE_IMAGE) --build-arg SDK_IMAGE=$(SDK_BASE_IMAGE) \
+			--build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+			-v $(HOME)/.rustup:/root/.rustup:ro -v $(HOME)/.cargo:/root/.cargo \
+			--tag $(LOCAL_IMAGE) --tag $(CPU_IMAGE_URI) . ; fi
+endif
 
 .PHONY: push-docker-cpu
 push-docker-cpu: docker-cpu ## Push the CPU SDK worker image to IMAGE_REPOSITORY
@@ -262,6 +344,11 @@ prism: $(PRISM) ## Build the Prism runner binary into build/bin
 .PHONY: test
 test: test-rust test-python test-install ## Run every test: cargo test, pytest, and a fresh install of the wheel
 
+.PHONY: test-fast
+test-fast: init models ## The inner loop: cargo test and the pytest tests marked not slow (no Flink, Prism, Kafka or subprocess pipelines)
+	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked --quiet
+	$(PY) -m pytest -m "not slow" -q
+
 .PHONY: test-rust
 test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
@@ -269,6 +356,11 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 .PHONY: test-python
 test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
+
+.PHONY: test-docker
+test-docker: init flink $(JOB_SERVER_JAR) docker-cpu ## Build the worker image, then run the photos and the hostile corpus through DOCKER workers on the local cluster
+	rm -rf build/test-docker
+	$(WITH_ENGINE) BMF_WORKER_IMAGE=$(LOCAL_IMAGE) $(PY) -m pytest tests/test_docker.py --basetemp=build/test-docker -v
 
 .PHONY: test-install
 test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and classify a photo with it

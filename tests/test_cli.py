@@ -14,15 +14,19 @@ import torch
 import beam_ml_flink as bmf
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
 
+pytestmark = pytest.mark.slow
+
 PRISM = Path(os.environ.get("PRISM_LOCATION", ROOT / "build" / "bin" / "prism"))
 
 
-def classify(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def classify(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "beam_ml_flink", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         cwd=cwd,
     )
 
@@ -293,3 +297,17 @@ def test_bad_state_dicts_stop_the_command_with_a_sentence(
         assert run.returncode == 2, run.stderr[-2000:]
         assert "Traceback" not in run.stderr
         assert message in run.stderr
+
+
+def test_library_notices_only_with_verbose(tmp_path: Path) -> None:
+    args = demo_args(IMAGES, tmp_path / "out" / "r")
+    quiet = classify(*args, "--runner=DirectRunner")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "apitools" not in quiet.stderr
+    assert not [line for line in quiet.stderr.splitlines() if "apache_beam" in line]
+    assert "INFO beam_ml_flink: finished in" in quiet.stderr
+    # Run again over its own output, with --verbose: Beam's own messages are shown.
+    verbose = classify(*args, "--runner=DirectRunner", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "apitools not found" in verbose.stderr
+    assert "INFO apache_beam" in verbose.stderr

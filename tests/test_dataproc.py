@@ -15,6 +15,8 @@ from beam_ml_flink import services
 from beam_ml_flink.options import ImageClassificationOptions
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = {
     "PROJECT_ID": "test-project",
     "REGION": "europe-west4",

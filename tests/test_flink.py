@@ -29,7 +29,7 @@ JOB_SERVER_JAR = Path(
 FLINK_CONF = ROOT / "data" / "flink-conf.yaml"
 FLINK_CONF_LOCAL = ROOT / "data" / "flink-conf-local.yaml"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module", autouse=True)

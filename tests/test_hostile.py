@@ -15,6 +15,8 @@ from test_cli import classify, demo_args, image_list, read_jsonl
 import beam_ml_flink as bmf
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, reference
 
+pytestmark = pytest.mark.slow
+
 # Our pixels are PIL's and the model is frozen and optimized, which rounds differently from
 # torch's own run: a class the reference ranks within this much probability of its best may
 # come first for us.

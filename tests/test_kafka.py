@@ -34,7 +34,7 @@ from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, R
 
 KAFKA_JAR = Path(os.environ.get("KAFKA_BROKER_JAR", ROOT / "build" / "kafka" / "kafka-broker.jar"))
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,6 +15,8 @@ from test_cli import classify, image_list, read_jsonl
 import beam_ml_flink as bmf
 from conftest import IMAGENET_LABELS, IMAGES, TINY_MODEL, encode
 
+pytestmark = pytest.mark.slow
+
 
 class RefusesWhite(torch.nn.Module):
     """Ten logits per image; raises when an image of the pass is (nearly) all white."""

@@ -210,6 +210,7 @@ def test_package_refuses_half_precision(tiny_package: Path) -> None:
         bmf.ImageClassifier(tiny_package, resize=SIZE, crop=SIZE, precision="fp16")
 
 
+@pytest.mark.slow
 def test_compile_reuses_a_package_by_content(tiny_package: Path, package_dir: Path) -> None:
     assert tiny_package.name.startswith("tiny-fp32-")
     run = subprocess.run(
@@ -234,6 +235,7 @@ def test_compile_reuses_a_package_by_content(tiny_package: Path, package_dir: Pa
         (["--factory", "make_demo:tiny", "--input_size", "0"], "--input_size takes a side"),
     ],
 )
+@pytest.mark.slow
 def test_compile_bad_command_lines(args: list[str], message: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "beam_ml_flink.compile", "--output", str(tmp_path), *args],
@@ -246,6 +248,7 @@ def test_compile_bad_command_lines(args: list[str], message: str, tmp_path: Path
     assert message in run.stderr
 
 
+@pytest.mark.slow
 def test_compile_static_exported_program(tmp_path: Path) -> None:
     # Saved with its batch fixed at 4: compiled as saved, with a warning; the runtime pads.
     exported = tmp_path / "static.pt2"
@@ -265,6 +268,7 @@ def test_compile_static_exported_program(tmp_path: Path) -> None:
     np.testing.assert_allclose(ours, expected, rtol=0, atol=EAGER_ATOL)
 
 
+@pytest.mark.slow
 def test_compile_int8_from_exported_program(tmp_path: Path) -> None:
     exported = tmp_path / "tiny-exported.pt2"
     batch = torch.export.Dim("batch")
@@ -311,6 +315,7 @@ def crops(count: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_demo_packages_agree_with_torchscript_and_int8_with_fp32() -> None:
     fp32, int8 = demo_packages()
     images = crops(96)
@@ -331,6 +336,7 @@ def test_demo_packages_agree_with_torchscript_and_int8_with_fp32() -> None:
     assert agreement >= 0.9
 
 
+@pytest.mark.slow
 def test_cli_classifies_with_a_package_as_with_torchscript(tmp_path: Path) -> None:
     fp32, _ = demo_packages()
     norm = ["--mean=0.5,0.5,0.5", "--std=0.5,0.5,0.5", f"--labels={IMAGENET_LABELS}"]

@@ -15,6 +15,8 @@ from test_flink import FLINK_CONF, FLINK_CONF_LOCAL, FLINK_LOCATION, JOB_SERVER_
 
 from beam_ml_flink import services
 
+pytestmark = pytest.mark.slow
+
 
 def port_in_use(port: int) -> bool:
     with socket.socket() as sock:

@@ -17,6 +17,8 @@ from test_cli import PRISM, classify, demo_args
 
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, torch_top1
 
+pytestmark = pytest.mark.slow
+
 PRISM_RUNNER = ["--runner=PrismRunner", f"--prism_location={PRISM}"]
 
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import sys
+
+# Beam logs notices when its modules are imported that do not concern the run (that BigQuery's
+# client library is missing, say): quiet unless --verbose, before those imports.
+if "--verbose" not in sys.argv:
+    logging.getLogger().setLevel(logging.ERROR)
+
+
 import glob
 import json
-import logging
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -77,6 +84,18 @@ FOREVER_MS = 2**63 - 1
 logger = logging.getLogger("beam_ml_flink")
 
 
+# Flags that name local files or folders (or URIs, left as they are).
+PATH_FLAGS = (
+    "input",
+    "output",
+    "model_path",
+    "model_state_dict_path",
+    "labels",
+    "images_dir",
+    "watch_models",
+)
+
+
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     """This pipeline's flags, checked (with a usable --help), and Beam's options."""
     parser = argparse.ArgumentParser(
@@ -125,6 +144,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
         _check_input(parser, args.input, streaming="--streaming" in argv)
     if args.output:
         _check_output(parser, args.output)
+    # The workers may run in another folder (DOCKER containers, a worker pool): local paths reach
+    # them absolute.
+    for name in PATH_FLAGS:
+        value = getattr(args, name)
+        if value and "://" not in value:
+            setattr(args, name, os.path.abspath(value))
     beam_argv = without_labels_flag(list(argv))
     standard = PipelineOptions(beam_argv).view_as(StandardOptions)
     runner = (standard.runner or "DirectRunner").split(".")[-1]
@@ -486,8 +511,17 @@ def _row(line: str) -> tuple[str, str, str]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    verbose = "--verbose" in sys.argv
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     logger.setLevel(logging.INFO)
+    if not verbose:
+        # The file sink's notes on its own mechanics (replacing the previous run's files, an
+        # output with no shard to finalize) are not the user's concern.
+        logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     run()
 
 

@@ -201,6 +201,12 @@ class ImageClassificationOptions(PipelineOptions):
             metavar="N",
             help="After the run, print a table of up to N results read back from the output.",
         )
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="Show every library's log messages (Beam's, Flink's), not only warnings that "
+            "concern the run.",
+        )
 
 
 class FlinkStreamingOptions(PipelineOptions):
