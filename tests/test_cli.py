@@ -311,3 +311,19 @@ def test_library_notices_only_with_verbose(tmp_path: Path) -> None:
     assert verbose.returncode == 0, verbose.stderr[-2000:]
     assert "apitools not found" in verbose.stderr
     assert "INFO apache_beam" in verbose.stderr
+
+
+def test_a_model_watch_on_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    run = classify(
+        *demo_args(inbox, tmp_path / "out" / "r"),
+        "--streaming",
+        "--runner=PrismRunner",
+        "--watch_models=/no/such/folder/*.pt",
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert "--watch_models /no/such/folder/*.pt: the folder /no/such/folder does not exist" in (
+        run.stderr
+    )

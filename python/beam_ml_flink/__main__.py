@@ -177,6 +177,16 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             beam_argv.append(f"--shutdown_sources_after_idle_ms={idle_ms}")
     elif args.watch_models:
         parser.error("--watch_models needs --streaming: only a running job can swap its model")
+    if args.watch_models and "://" not in args.watch_models:
+        folder = args.watch_models
+        if set("*?[") & set(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            parser.error(
+                f"--watch_models {args.watch_models}: the folder {folder} does not exist, so no "
+                "model could ever appear there; create it, or give the folder that will receive "
+                "the models"
+            )
     return args, PipelineOptions(beam_argv)
 
 
