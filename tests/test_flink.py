@@ -86,16 +86,13 @@ def test_flink_runner_embedded_loopback(
     inputs: Path, direct: tuple[dict, dict], tmp_path: Path
 ) -> None:
     conf_dir = services.flink_conf_dir(FLINK_CONF, tmp_path / "conf", None)
-    # The CLI, with INFO logging so that the job server's own log (which Beam logs) shows.
-    cli = (
-        "import logging, sys; logging.basicConfig(level=logging.INFO); "
-        "from beam_ml_flink.__main__ import main; main()"
-    )
+    # The CLI with --verbose, so that the job server's own log (which Beam logs) shows.
     run = subprocess.run(
         [
             sys.executable,
-            "-c",
-            cli,
+            "-m",
+            "beam_ml_flink",
+            "--verbose",
             *demo_args(inputs, tmp_path / "out" / "results"),
             "--runner=FlinkRunner",
             "--flink_version=1.19",
