@@ -81,7 +81,11 @@ def test_docker_cpu_builds_the_cpu_stage_of_the_dockerfile() -> None:
     ]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "AS cpu" in dockerfile and "ARG BEAM_VERSION" in dockerfile
-    assert "FROM apache/beam_python3.11_sdk:${BEAM_VERSION} AS cpu" in dockerfile
+    # The public images by default; `make docker-cpu` without Docker Hub passes bases made here.
+    assert "ARG SDK_IMAGE=apache/beam_python3.11_sdk:${BEAM_VERSION}" in dockerfile
+    assert "ARG BUILDER_IMAGE=rust:1.95-slim-bookworm" in dockerfile
+    assert "FROM ${SDK_IMAGE} AS cpu" in dockerfile
+    assert "FROM ${BUILDER_IMAGE} AS builder" in dockerfile
 
 
 def test_push_docker_cpu_logs_in_to_the_registry_host_and_pushes() -> None:
