@@ -1,7 +1,9 @@
 """torchvision state dicts (the original dataflow-ml-starter flags) turned into TorchScript.
 
-The Rust core runs TorchScript only; a ``--model_state_dict_path`` + ``--model_name`` pair is
-built with torchvision and traced once per worker, then cached by content.
+The Rust core runs TorchScript or AOTInductor packages, not state dicts: a
+``--model_state_dict_path`` + ``--model_name`` pair is built with torchvision and traced once per
+worker, then cached by content (``python -m beam_ml_flink.compile --model_name ...
+--model_state_dict_path ...`` makes a package of it instead, ahead of time).
 """
 
 from __future__ import annotations
