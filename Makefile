@@ -48,6 +48,9 @@ JOB_SERVER_JAR := build/flink-job-server/beam-flink-job-server.jar
 export FLINK_LOCATION := $(abspath $(FLINK_LOCATION))
 export FLINK_JOB_SERVER_JAR := $(abspath $(JOB_SERVER_JAR))
 SERVICES = $(PY) -m beam_ml_flink.services --work-dir build/flink/$@
+# The local cluster's TaskManagers (each with its own SDK worker pool in the worker-pool mode).
+TASKMANAGERS ?= 1
+LOCAL_CLUSTER = --flink-conf data/flink-conf-local.yaml --cluster --taskmanagers $(TASKMANAGERS)
 FLINK_RUNNER := --runner FlinkRunner --flink_version $(FLINK_MINOR) --flink_job_server_jar $(FLINK_JOB_SERVER_JAR)
 PORTABLE_RUNNER := --runner PortableRunner --job_endpoint localhost:8099
 
@@ -208,16 +211,16 @@ run-portable-flink: init $(JOB_SERVER_JAR) ## Classify INPUT on the PortableRunn
 	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
 
 .PHONY: run-portable-flink-local
-run-portable-flink-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on a local Flink cluster (UI on 8081) through the job server
+run-portable-flink-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on a local Flink cluster of TASKMANAGERS TaskManagers (UI on 8081) through the job server
 	$(CLEAN_OUTPUT)
-	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) -- \
+	$(SERVICES) $(LOCAL_CLUSTER) --job-server $(JOB_SERVER_JAR) -- \
 	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type LOOPBACK $(ARGS)
 
 .PHONY: run-portable-flink-worker-local
-run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on the local Flink cluster with an SDK worker pool (EXTERNAL)
+run-portable-flink-worker-local: init flink $(JOB_SERVER_JAR) ## Classify INPUT on the local Flink cluster (TASKMANAGERS) with an SDK worker pool beside each TaskManager (EXTERNAL)
 	$(CLEAN_OUTPUT)
-	$(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) --worker-pool -- \
-	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type EXTERNAL --environment_config localhost:5000 $(ARGS)
+	$(SERVICES) $(LOCAL_CLUSTER) --job-server $(JOB_SERVER_JAR) --worker-pool -- \
+	$(CLASSIFY) $(PORTABLE_RUNNER) --environment_type EXTERNAL --environment_config sdk-worker-pool:5000 $(ARGS)
 
 # DOCKER workers: the TaskManager starts SDK harness containers of the image `make docker-cpu`
 # built; they see this folder at its own path (the container engine mounts it), so INPUT, MODEL,
@@ -227,7 +230,7 @@ run-portable-flink-docker-local: init flink $(JOB_SERVER_JAR) container-engine #
 	$(WITH_ENGINE) docker image inspect $(LOCAL_IMAGE) >/dev/null 2>&1 || \
 		{ echo "no worker image $(LOCAL_IMAGE): run make docker-cpu first" >&2; exit 2; }
 	$(CLEAN_OUTPUT)
-	$(WITH_ENGINE) $(SERVICES) --flink-conf data/flink-conf-local.yaml --cluster --job-server $(JOB_SERVER_JAR) -- \
+	$(WITH_ENGINE) $(SERVICES) $(LOCAL_CLUSTER) --job-server $(JOB_SERVER_JAR) -- \
 	$(PY) -m beam_ml_flink --input $(abspath $(INPUT)) --output $(abspath $(OUTPUT)) \
 		--model_path $(abspath $(MODEL)) $(if $(LABELS),--labels $(abspath $(LABELS))) $(NORMALIZE) --show 20 \
 		$(PORTABLE_RUNNER) --environment_type DOCKER --environment_config $(LOCAL_IMAGE) $(ARGS)

@@ -26,7 +26,8 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -53,13 +54,16 @@ from beam_ml_flink.options import (
 )
 from beam_ml_flink.pipeline import (
     ClassifiedImages,
+    ClassifyImageBytes,
     ClassifyImages,
     image_uris,
+    merge_failures,
     output_files,
     write_results,
 )
 from beam_ml_flink.pubsub import is_pubsub, read_pubsub
 from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs
+from beam_ml_flink.shards import ReadShards, is_sharded, local_shard_paths
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
 # The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
@@ -140,7 +144,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             parser.error(f"the {what} {path} does not exist")
     if args.images_dir and "://" not in args.images_dir and not os.path.isdir(args.images_dir):
         parser.error(f"--images_dir {args.images_dir} is not a folder")
-    if args.input:
+    if args.input and is_sharded(args.input, args.input_format):
+        _check_shards(parser, args.input, streaming="--streaming" in argv)
+    elif args.input:
         _check_input(parser, args.input, streaming="--streaming" in argv)
     if args.output:
         _check_output(parser, args.output)
@@ -218,6 +224,28 @@ def _check_input(parser: argparse.ArgumentParser, input: str, streaming: bool) -
             parser.error(f"--input {input} cannot be read: {e.strerror}")
         if not named:
             logger.warning("the input list %s names no images: nothing will be classified", input)
+
+
+def _check_shards(parser: argparse.ArgumentParser, input: str, streaming: bool) -> None:
+    """Shards are read in batch; every local shard the --input names must be there."""
+    if streaming:
+        parser.error(
+            f"--input {input} names shards, which are read in batch: leave out --streaming "
+            "(--streaming watches a folder of images)"
+        )
+    if not _is_local(input):
+        return
+    found, missing = local_shard_paths(input)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        parser.error(
+            f"--input {input}: {len(missing)} of its shards or patterns match no file: {shown}; "
+            "check the range or pattern"
+        )
+    if not found:
+        parser.error(f"--input {input}: no shard matches; check the pattern")
 
 
 def _check_output(parser: argparse.ArgumentParser, output: str) -> None:
@@ -360,9 +388,17 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         if streaming:
             watch = Watch(args.poll_interval, args.window_size, args.stop_after)
             uris = watched_image_uris(pipeline, args.input, watch)
+            classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
+        elif is_sharded(args.input, args.input_format):
+            images, failures = pipeline | "ReadShards" >> ReadShards(
+                args.input, args.input_format, args.image_column, args.id_column
+            )
+            classified = merge_failures(
+                images | "ClassifySamples" >> ClassifyImageBytes(handler_for(args)), failures
+            )
         else:
             uris = image_uris(pipeline, args.input, args.images_dir)
-        classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
+            classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
     if args.output_topic:
         write_messages(
             classified,
@@ -494,11 +530,10 @@ def print_results(output: str, limit: int) -> None:
     files = output_files(output)
     rows: list[tuple[str, str, str]] = []
     for path in files:
-        with FileSystems.open(path) as f:
-            for line in f.read().decode().splitlines():
-                if len(rows) >= limit:
-                    break
-                rows.append(_row(line))
+        for record in _records(path):
+            if len(rows) >= limit:
+                break
+            rows.append(_row(record))
     width = max([len(r[0]) for r in rows] + [5])
     print(f"\n{'image':<{width}}  {'top-1':<28}  score")
     for image, label, score in rows:
@@ -508,16 +543,32 @@ def print_results(output: str, limit: int) -> None:
         print(f"  {path}")
 
 
-def _row(line: str) -> tuple[str, str, str]:
-    if not line.startswith("{"):  # the original pipeline's csv: path,index
-        image, index = line.rsplit(",", 1)
+def _records(path: str) -> Iterator[dict[str, Any] | str]:
+    """An output file's records: Parquet rows as dicts, JSON lines parsed, csv lines as text."""
+    with FileSystems.open(path) as f:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            yield from pq.read_table(f).to_pylist()
+            return
+        for line in f.read().decode().splitlines():
+            yield json.loads(line) if line.startswith("{") else line
+
+
+def _row(record: dict[str, Any] | str) -> tuple[str, str, str]:
+    if isinstance(record, str):  # the original pipeline's csv: path,index
+        image, index = record.rsplit(",", 1)
         return image, f"class {index}", ""
-    record = json.loads(line)
     if "error" in record:
         reason = record["error"].removeprefix(record["image"] + ": ")
         return record["image"], f"FAILED: {reason}", ""
-    best = record["top_k"][0]
-    return record["image"], best["label"] or f"class {best['index']}", f"{best['score']:.3f}"
+    if "top_k" in record:
+        best = record["top_k"][0]
+        label, index, score = best["label"], best["index"], best["score"]
+    else:  # a Parquet row
+        label, index = record["top_labels"][0], record["top_indices"][0]
+        score = record["top_scores"][0]
+    return record["image"], label or f"class {index}", f"{score:.3f}"
 
 
 def main() -> None:

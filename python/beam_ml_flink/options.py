@@ -9,7 +9,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_ml_flink.arguments import positive_int, resize, seconds, triple
 from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
 from beam_ml_flink.kafka import MESSAGE_FORMATS
+from beam_ml_flink.pipeline import OUTPUT_FORMATS
 from beam_ml_flink.services.kafka import JAVA_EXPANSION_PORT
+from beam_ml_flink.shards import INPUT_FORMATS
 
 # The original dataflow-ml-starter pipeline resizes to 224x224 with no crop.
 STATE_DICT_RESIZE = (224, 224)
@@ -55,7 +57,27 @@ class ImageClassificationOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--input",
-            help="A text file with one image path or URI per line, or a glob of image files.",
+            help="A text file with one image path or URI per line, a folder or glob of image "
+            "files, or shards: WebDataset tar files or Parquet files of image bytes, with brace "
+            "ranges and globs ('shards/{00000..00009}.tar').",
+        )
+        parser.add_argument(
+            "--input_format",
+            choices=INPUT_FORMATS,
+            default="auto",
+            help="auto (default): shards when --input ends in .tar, .tar.gz, .tgz or .parquet, "
+            "else images or a list of them; list; webdataset; parquet.",
+        )
+        parser.add_argument(
+            "--image_column",
+            default="jpg",
+            help="Parquet shards: the column of encoded images (default jpg, as img2dataset).",
+        )
+        parser.add_argument(
+            "--id_column",
+            default="key",
+            help="Parquet shards: the column of sample ids (default key, as img2dataset); an "
+            "image id is SHARD/ID, or SHARD/rowN where the shard has no such column.",
         )
         parser.add_argument(
             "--output",
@@ -97,9 +119,11 @@ class ImageClassificationOptions(PipelineOptions):
         )
         parser.add_argument(
             "--output_format",
-            choices=("json", "csv"),
+            choices=OUTPUT_FORMATS,
             default="json",
-            help="json: one JSON line per image; csv: the original pipeline's path,index lines.",
+            help="json: one JSON line per image; csv: the original pipeline's path,index lines; "
+            "parquet: typed columns (image, top_indices, top_labels, top_scores, model, "
+            "metadata; failures: image, error).",
         )
         parser.add_argument(
             "--draft",

@@ -24,6 +24,7 @@ from beam_ml_flink.beam import ImageClassifierHandler
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
 MAX_FILE_BYTES = 1 << 30
 FAILURES = "failures"
+OUTPUT_FORMATS = ("json", "csv", "parquet")
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -189,18 +190,45 @@ def _is_absolute(name: str) -> bool:
     return os.path.isabs(name) or FileSystems.get_scheme(name) not in (None, "file")
 
 
+def _metadata(image: Any) -> dict[str, Any] | None:
+    """What a shard's sample carries along (its .json, .txt, .cls members), or None."""
+    return getattr(image, "metadata", None)
+
+
 def prediction_json(prediction: Prediction) -> str:
     """One output line of a classified image."""
-    return json.dumps(
-        {
-            "image": str(prediction.image),
-            "top_k": [
-                {"index": index, "label": label, "score": round(score, 6)}
-                for index, label, score in prediction.classification.top_k
-            ],
-            "model": prediction.model,
-        }
-    )
+    record: dict[str, Any] = {
+        "image": str(prediction.image),
+        "top_k": [
+            {"index": index, "label": label, "score": round(score, 6)}
+            for index, label, score in prediction.classification.top_k
+        ],
+        "model": prediction.model,
+    }
+    metadata = _metadata(prediction.image)
+    if metadata:
+        record["metadata"] = metadata
+    return json.dumps(record)
+
+
+def prediction_record(prediction: Prediction) -> dict[str, Any]:
+    """One row of the Parquet predictions (:data:`PREDICTION_SCHEMA`)."""
+    top_k = prediction.classification.top_k
+    metadata = _metadata(prediction.image)
+    return {
+        "image": str(prediction.image),
+        "top_indices": [index for index, _, _ in top_k],
+        "top_labels": [label for _, label, _ in top_k],
+        "top_scores": [score for _, _, score in top_k],
+        "model": prediction.model,
+        "metadata": json.dumps(metadata) if metadata else None,
+    }
+
+
+def failure_record(item: tuple[Any, str]) -> dict[str, str]:
+    """One row of the Parquet failures (:data:`FAILURE_SCHEMA`)."""
+    image, reason = item
+    return {"image": str(image), "error": reason}
 
 
 def prediction_csv(prediction: Prediction) -> str:
@@ -214,9 +242,53 @@ def failure_json(item: tuple[str, str]) -> str:
     return json.dumps({"image": str(uri), "error": reason})
 
 
+def prediction_schema() -> Any:
+    """The typed columns of Parquet predictions."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("image", pa.string()),
+            ("top_indices", pa.list_(pa.int64())),
+            ("top_labels", pa.list_(pa.string())),
+            ("top_scores", pa.list_(pa.float32())),
+            ("model", pa.string()),
+            ("metadata", pa.string()),  # JSON of a shard sample's .json/.txt/.cls, else null
+        ]
+    )
+
+
+def failure_schema() -> Any:
+    """The columns of Parquet failures."""
+    import pyarrow as pa
+
+    return pa.schema([("image", pa.string()), ("error", pa.string())])
+
+
 def write_results(classified: ClassifiedImages, output: str, output_format: str = "json") -> None:
     """Writes predictions to files starting with ``output`` and failures to ``output_failures``;
     a streaming job writes a file per window, named by its start and end."""
+    if output_format == "parquet":
+        _ = (
+            classified.predictions
+            | "PredictionRows" >> beam.Map(prediction_record)
+            | "WritePredictions"
+            >> beam.io.WriteToParquet(
+                output, prediction_schema(), file_name_suffix=".parquet", record_batch_size=256
+            )
+        )
+        _ = (
+            classified.failures
+            | "FailureRows" >> beam.Map(failure_record)
+            | "WriteFailures"
+            >> beam.io.WriteToParquet(
+                f"{output}_{FAILURES}",
+                failure_schema(),
+                file_name_suffix=".parquet",
+                record_batch_size=256,
+            )
+        )
+        return
     if output_format == "csv":
         # Exactly ``output`` in batch, as the original pipeline; one file per window when streaming.
         one_file = "" if classified.predictions.is_bounded else None

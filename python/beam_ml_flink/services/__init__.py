@@ -1,5 +1,6 @@
-"""The local services of the run modes: a standalone Flink cluster, the Beam Flink job server, an
-SDK worker pool, a Kafka broker and the Java expansion service that KafkaIO needs.
+"""The local services of the run modes: a standalone Flink cluster of one or more TaskManagers,
+the Beam Flink job server, SDK worker pools, a Kafka broker and the Java expansion service that
+KafkaIO needs.
 
 Each is a context manager that checks its ports are free, starts its processes, waits until they
 answer, and stops everything it started on the way out, also when the job fails or is interrupted.
@@ -13,10 +14,8 @@ from beam_ml_flink.services.flink import (
     EXPANSION_PORT,
     JAVA_17_FLAGS,
     JOB_PORT,
-    WORKER_POOL_PORT,
     JobServer,
     LocalFlinkCluster,
-    WorkerPool,
     cancel_flink_jobs,
     flink_conf_dir,
 )
@@ -28,6 +27,7 @@ from beam_ml_flink.services.kafka import (
     KafkaBroker,
 )
 from beam_ml_flink.services.process import ServiceError, check_ports_free
+from beam_ml_flink.services.worker_pool import WORKER_POOL_PORT, WorkerPool
 
 __all__ = [
     "ARTIFACT_PORT",

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, WorkerPool, flink_conf_dir
+from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, flink_conf_dir
 from beam_ml_flink.services.kafka import ExpansionService, KafkaBroker
 from beam_ml_flink.services.process import ServiceError
+from beam_ml_flink.services.worker_pool import WorkerPool
 
 
 @contextlib.contextmanager
@@ -49,6 +50,14 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cluster", action="store_true", help="start a standalone Flink cluster")
     parser.add_argument(
+        "--taskmanagers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --cluster: how many TaskManagers (default 1); the jobs' default parallelism "
+        "is all their slots",
+    )
+    parser.add_argument(
         "--flink-master",
         metavar="HOST:PORT",
         help="an existing Flink cluster's REST address, for the job server to submit to",
@@ -57,7 +66,11 @@ def argument_parser() -> argparse.ArgumentParser:
         "--job-server", metavar="JAR", help="start the Beam Flink job server from JAR"
     )
     parser.add_argument(
-        "--worker-pool", action="store_true", help="start the SDK worker pool on port 5000"
+        "--worker-pool",
+        action="store_true",
+        help="start an SDK worker pool: with --cluster one beside each TaskManager, which each "
+        "reaches as sdk-worker-pool:5000; else one on localhost:5000. Its address is exported "
+        "to the command as WORKER_POOL_ADDRESS",
     )
     parser.add_argument(
         "--kafka",
@@ -101,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--topics are created on the broker that --kafka starts: give --kafka JAR")
     if args.cluster and not args.flink_location:
         parser.error("--cluster needs --flink-location or FLINK_LOCATION: a Flink distribution")
+    if args.taskmanagers < 1:
+        parser.error(f"--taskmanagers must be 1 or more; got {args.taskmanagers}")
+    if args.taskmanagers > 1 and not args.cluster:
+        parser.error(
+            "--taskmanagers is the size of the cluster that --cluster starts: give --cluster"
+        )
 
     work_dir = Path(args.work_dir).resolve()
     flink_location = Path(args.flink_location) if args.flink_location else None
@@ -110,12 +129,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             master = "[local]"
             if args.cluster:
                 assert flink_location is not None
-                cluster = LocalFlinkCluster(flink_location, args.flink_conf, work_dir / "cluster")
+                cluster = LocalFlinkCluster(
+                    flink_location,
+                    args.flink_conf,
+                    work_dir / "cluster",
+                    taskmanagers=args.taskmanagers,
+                    worker_pools=args.worker_pool,
+                )
                 services.enter_context(cluster)
                 master = cluster.master
+                pools = " (each with its SDK worker pool)" if args.worker_pool else ""
                 print(
-                    f"Flink cluster up; its web UI: {cluster.web_ui}", file=sys.stderr, flush=True
+                    f"Flink cluster up with {args.taskmanagers} TaskManager(s){pools}, parallelism "
+                    f"{cluster.parallelism}; its web UI: {cluster.web_ui}",
+                    file=sys.stderr,
+                    flush=True,
                 )
+                if args.worker_pool:
+                    env["WORKER_POOL_ADDRESS"] = cluster.worker_pool_address
                 conf_dir = cluster.conf_dir
                 env["FLINK_MASTER"] = cluster.master
             elif args.flink_conf:
@@ -128,9 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server = JobServer(args.job_server, work_dir / "job-server", master, conf_dir)
                 services.enter_context(server)
                 print(f"Flink job server up on {server.endpoint}", file=sys.stderr, flush=True)
-            if args.worker_pool:
+            if args.worker_pool and not args.cluster:
                 pool = WorkerPool(work_dir / "worker-pool")
                 services.enter_context(pool)
+                env["WORKER_POOL_ADDRESS"] = pool.address
                 print(f"SDK worker pool up on {pool.address}", file=sys.stderr, flush=True)
             if args.kafka:
                 broker = KafkaBroker(args.kafka, work_dir / "kafka")

@@ -8,11 +8,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -26,12 +27,12 @@ from beam_ml_flink.services.process import (
     check_ports_free,
     log_tail,
 )
+from beam_ml_flink.services.worker_pool import WORKER_POOL_HOST, WORKER_POOL_PORT, WorkerPool
 
-# The ports of Beam's Flink job server and of the SDK worker pool, as Beam documents them.
+# The ports of Beam's Flink job server, as Beam documents them.
 JOB_PORT = 8099
 ARTIFACT_PORT = 8098
 EXPANSION_PORT = 8097
-WORKER_POOL_PORT = 5000
 
 # Flink's own defaults, used when the configuration does not set them.
 DEFAULT_REST_PORT = 8081
@@ -130,24 +131,35 @@ def cancel_flink_jobs(master: str, name: str, timeout: float = 60.0) -> list[str
 
 
 class LocalFlinkCluster(Service):
-    """A standalone Flink cluster (one JobManager, one TaskManager) started with the scripts of the
-    Flink distribution at `flink_location`, configured by `conf_file`; logs and pid files go to
-    `work_dir`."""
+    """A standalone Flink cluster on loopback: one JobManager and `taskmanagers` TaskManagers,
+    started with the scripts of the Flink distribution at `flink_location` and configured by
+    `conf_file`, whose default parallelism becomes all their slots. With `worker_pools`, each
+    TaskManager has its own SDK worker pool beside it, as on a real cluster, which it reaches as
+    ``sdk-worker-pool:5000`` (:attr:`worker_pool_address`, for ``--environment_config``).
+    Logs and pid files go to `work_dir`."""
 
     def __init__(
         self,
         flink_location: str | os.PathLike[str],
         conf_file: str | os.PathLike[str],
         work_dir: Path,
+        taskmanagers: int = 1,
+        worker_pools: bool = False,
     ):
+        if taskmanagers < 1:
+            raise ServiceError(f"a cluster needs at least one TaskManager; got {taskmanagers}")
         self.flink_location = Path(flink_location)
         self.conf_file = Path(conf_file)
         self.work_dir = Path(work_dir)
+        self.taskmanagers = taskmanagers
+        self.worker_pools = worker_pools
         self.conf_dir = self.work_dir / "conf"
         self.log_dir = self.work_dir / "log"
         self.pid_dir = self.work_dir / "pid"
         self.rest_port = int(_conf_value(self.conf_file, "rest.port", DEFAULT_REST_PORT))  # type: ignore[call-overload]
         self.rpc_port = int(_conf_value(self.conf_file, "jobmanager.rpc.port", DEFAULT_RPC_PORT))  # type: ignore[call-overload]
+        self.slots = int(_conf_value(self.conf_file, "taskmanager.numberOfTaskSlots", 1))  # type: ignore[call-overload]
+        self._pools: dict[int, WorkerPool] = {}
         self._started = False
 
     @property
@@ -159,6 +171,21 @@ class LocalFlinkCluster(Service):
     def web_ui(self) -> str:
         return f"http://localhost:{self.rest_port}"
 
+    @property
+    def parallelism(self) -> int:
+        """The jobs' default parallelism: every slot of every TaskManager."""
+        return self.slots * self.taskmanagers
+
+    @property
+    def worker_pool_address(self) -> str:
+        """With `worker_pools`: what `--environment_config` takes (EXTERNAL environments)."""
+        return f"{WORKER_POOL_HOST}:{WORKER_POOL_PORT}"
+
+    @staticmethod
+    def worker_pool_ip(index: int) -> str:
+        """The loopback address of TaskManager `index`'s worker pool."""
+        return f"127.0.0.{index + 2}"
+
     def _script(self, name: str) -> Path:
         script = self.flink_location / "bin" / name
         if not script.is_file():
@@ -168,30 +195,39 @@ class LocalFlinkCluster(Service):
             )
         return script
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, conf_dir: Path | None = None, ident: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            FLINK_CONF_DIR=str(self.conf_dir),
+            FLINK_CONF_DIR=str(conf_dir or self.conf_dir),
             FLINK_LOG_DIR=str(self.log_dir),
             FLINK_PID_DIR=str(self.pid_dir),
         )
+        if ident:
+            # Names the TaskManager's pid file and logs (flink-IDENT-taskexecutor-...).
+            env["FLINK_IDENT_STRING"] = ident
         return env
 
     def start(self) -> None:
-        start_script = self._script("start-cluster.sh")
+        self._script("taskmanager.sh")
         check_ports_free([self.rest_port, self.rpc_port], "local Flink cluster")
         flink_conf_dir(self.conf_file, self.conf_dir, self.flink_location)
+        conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text()) or {}
+        conf.pop("parallelism.default", None)
+        conf.setdefault("parallelism", {})["default"] = self.parallelism
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         for folder in (self.log_dir, self.pid_dir):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self._started = True
         subprocess.run(
-            [str(start_script)],
+            [str(self._script("jobmanager.sh")), "start"],
             env=self._env(),
             check=True,
             stdout=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
+        for index in range(self.taskmanagers):
+            self.start_taskmanager(index)
         self._wait_until_ready()
 
     def overview(self) -> dict[str, int]:
@@ -204,32 +240,74 @@ class LocalFlinkCluster(Service):
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             with contextlib.suppress(OSError, ValueError):
-                if self.overview().get("slots-available", 0) > 0:
+                overview = self.overview()
+                if (
+                    overview.get("taskmanagers", 0) >= self.taskmanagers
+                    and overview.get("slots-available", 0) >= self.parallelism
+                ):
                     return
             if time.monotonic() > deadline:
                 logs = "\n".join(
                     f"--- {log}\n{log_tail(log)}" for log in sorted(self.log_dir.glob("*.log"))
                 )
                 raise ServiceError(
-                    f"the local Flink cluster had no free task slot on {self.web_ui} within "
+                    f"the local Flink cluster did not have {self.taskmanagers} TaskManagers with "
+                    f"{self.parallelism} free task slots on {self.web_ui} within "
                     f"{START_TIMEOUT_S:.0f} s; its logs in {self.log_dir}:\n{logs}"
                 )
             time.sleep(0.5)
 
-    def start_taskmanager(self) -> None:
-        """Starts one more TaskManager with the cluster's configuration (to replace a lost one)."""
+    def start_taskmanager(self, index: int = 0) -> None:
+        """Starts TaskManager `index` with the cluster's configuration (also to replace a lost
+        one), and with `worker_pools` its worker pool unless that one still runs."""
+        conf_dir = self.conf_dir
+        if self.worker_pools:
+            ip = self.worker_pool_ip(index)
+            if index not in self._pools:
+                pool = WorkerPool(self.work_dir / f"worker-pool-{index}", host=ip)
+                self._pools[index] = pool
+                pool.start()
+            conf_dir = self._taskmanager_conf_dir(index, ip)
         subprocess.run(
             [str(self._script("taskmanager.sh")), "start"],
-            env=self._env(),
+            env=self._env(conf_dir, f"tm{index}"),
             check=True,
             stdout=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
 
+    def _taskmanager_conf_dir(self, index: int, pool_ip: str) -> Path:
+        """The cluster's configuration, plus a hosts file of the TaskManager's own JVM in which
+        ``sdk-worker-pool`` is its pool's loopback address."""
+        conf_dir = self.work_dir / f"conf-tm{index}"
+        if conf_dir.exists():
+            shutil.rmtree(conf_dir)
+        shutil.copytree(self.conf_dir, conf_dir)
+        hosts = conf_dir / "hosts"
+        hostname = socket.gethostname()
+        hosts.write_text(
+            f"127.0.0.1 localhost {hostname}\n::1 localhost\n{pool_ip} {WORKER_POOL_HOST}\n"
+        )
+        conf = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
+        java = conf.setdefault("env", {}).setdefault("java", {}).setdefault("opts", {})
+        java["taskmanager"] = f"{java.get('taskmanager', '')} -Djdk.net.hosts.file={hosts}".strip()
+        (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+        return conf_dir
+
+    def taskmanager_pid(self, index: int) -> int | None:
+        """The live process of TaskManager `index`, if it runs."""
+        for pid in self._pids_in(self.pid_dir.glob(f"flink-tm{index}-taskexecutor.pid")):
+            return pid
+        return None
+
     def pids(self, role: str) -> list[int]:
         """The live processes of a role ("standalonesession" or "taskexecutor")."""
+        return self._pids_in(self.pid_dir.glob(f"*-{role}.pid"))
+
+    @staticmethod
+    def _pids_in(pid_files: Iterable[Path]) -> list[int]:
         pids = []
-        for pid_file in self.pid_dir.glob(f"*-{role}.pid"):
+        for pid_file in pid_files:
             for line in pid_file.read_text().split():
                 with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
                     os.kill(int(line), 0)
@@ -240,17 +318,11 @@ class LocalFlinkCluster(Service):
         if not self._started:
             return
         self._started = False
-        stop_script = self.flink_location / "bin" / "stop-cluster.sh"
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [str(stop_script)],
-                env=self._env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-                timeout=60,
-            )
-        # stop-cluster.sh signals and returns; whatever has not exited shortly after is killed.
+        # What Flink's stop scripts do (SIGTERM to each process of the pid files), for every
+        # TaskManager's pid file; whatever has not exited shortly after is killed.
+        for pid in self.pids("taskexecutor") + self.pids("standalonesession"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while (
             pids := self.pids("standalonesession") + self.pids("taskexecutor")
@@ -259,6 +331,9 @@ class LocalFlinkCluster(Service):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for pool in self._pools.values():
+            pool.stop()
+        self._pools.clear()
 
 
 class JobServer(ProcessService):
@@ -318,33 +393,3 @@ class JobServer(ProcessService):
             "Flink job server", argv, self.work_dir / "job-server.log", env
         )
         self._process.wait_for_port(job_port)
-
-
-class WorkerPool(ProcessService):
-    """Beam's Python SDK worker pool, the EXTERNAL environment that needs no Docker: the runner asks
-    it for SDK workers, which it starts as processes of this Python (and so with beam_ml_flink)."""
-
-    def __init__(self, work_dir: Path, port: int = WORKER_POOL_PORT):
-        self.work_dir = Path(work_dir)
-        self.port = port
-
-    @property
-    def address(self) -> str:
-        """What `--environment_config` takes with `--environment_type=EXTERNAL`."""
-        return f"localhost:{self.port}"
-
-    def start(self) -> None:
-        check_ports_free([self.port], "SDK worker pool")
-        argv = [
-            sys.executable,
-            "-m",
-            "apache_beam.runners.worker.worker_pool_main",
-            f"--service_port={self.port}",
-        ]
-        # The pool starts each SDK worker as `python` from PATH: make that this Python.
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        self._process = ChildProcess(
-            "SDK worker pool", argv, self.work_dir / "worker-pool.log", env
-        )
-        self._process.wait_for_port(self.port)

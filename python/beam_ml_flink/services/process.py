@@ -21,21 +21,22 @@ class ServiceError(RuntimeError):
     """A local service could not be started."""
 
 
-def check_ports_free(ports: Sequence[int], service: str) -> None:
+def check_ports_free(ports: Sequence[int], service: str, host: str = "127.0.0.1") -> None:
     """Raises ServiceError naming the first of `ports` that something already listens on."""
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
+                where = f"port {port}" if host == "127.0.0.1" else f"port {port} of {host}"
                 raise ServiceError(
-                    f"port {port} is already in use, and the {service} needs it: stop what "
+                    f"{where} is already in use, and the {service} needs it: stop what "
                     f"listens there (`ss -ltnp 'sport = :{port}'` shows which process), "
                     "then try again"
                 )
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -63,9 +64,11 @@ class ChildProcess:
             start_new_session=True,
         )
 
-    def wait_for_port(self, port: int, timeout: float = START_TIMEOUT_S) -> None:
+    def wait_for_port(
+        self, port: int, timeout: float = START_TIMEOUT_S, host: str = "127.0.0.1"
+    ) -> None:
         deadline = time.monotonic() + timeout
-        while not port_open(port):
+        while not port_open(port, host):
             if self.process.poll() is not None:
                 raise ServiceError(
                     f"the {self.name} exited with code {self.process.returncode} before it "
