@@ -115,6 +115,17 @@ $(KAFKA_JAR): data/kafka.pom.xml
 	mvn --batch-mode --quiet -f data/kafka.pom.xml package
 	touch $@
 
+# The Flink Kubernetes Operator's CustomResourceDefinition of FlinkDeployment, from its API jar on
+# Maven Central: deploy/kubernetes/ is validated against its schema (nothing here runs Kubernetes).
+OPERATOR_VERSION := 1.10.0
+OPERATOR_CRD := build/kubernetes/flinkdeployments.flink.apache.org-v1.yml
+$(OPERATOR_CRD):
+	mvn --batch-mode --quiet dependency:copy -DoutputDirectory=build/kubernetes \
+		-Dartifact=org.apache.flink:flink-kubernetes-operator-api:$(OPERATOR_VERSION)
+	$(PYTHON) -c 'import sys, zipfile; open(sys.argv[3], "wb").write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+		build/kubernetes/flink-kubernetes-operator-api-$(OPERATOR_VERSION).jar \
+		META-INF/fabric8/$(notdir $(OPERATOR_CRD)) $@
+
 .PHONY: kafka
 kafka: $(KAFKA_JAR) ## Assemble an Apache Kafka broker (KRaft) from Maven Central into build/kafka
 
@@ -345,10 +356,12 @@ remove-flink-cluster: ## Delete the Dataproc cluster
 prism: $(PRISM) ## Build the Prism runner binary into build/bin
 
 .PHONY: test
-test: test-rust test-python test-install ## Run every test: cargo test, pytest, and a fresh install of the wheel
+# The fresh install runs first and its venv (torch and its CUDA libraries: about 6 GB) is removed
+# before pytest fills the disk with its own temporary files.
+test: test-install test-rust test-python ## Run every test: a fresh install of the wheel, cargo test, pytest
 
 .PHONY: test-fast
-test-fast: init models ## The inner loop: cargo test and the pytest tests marked not slow (no Flink, Prism, Kafka or subprocess pipelines)
+test-fast: init models $(OPERATOR_CRD) ## The inner loop: cargo test and the pytest tests marked not slow (no Flink, Prism, Kafka or subprocess pipelines)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked --quiet
 	$(PY) -m pytest -m "not slow" -q
 
@@ -357,7 +370,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## pytest (Flink and Kafka tests start their own)
+test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(OPERATOR_CRD) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
 
 .PHONY: test-docker
@@ -371,6 +384,7 @@ test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and c
 	$(PYTHON) -m venv build/install-venv
 	build/install-venv/bin/pip install --quiet dist/beam_ml_flink-*.whl
 	cd build && install-venv/bin/python ../tests/smoke_install.py ../data
+	rm -rf build/install-venv
 
 .PHONY: lint
 lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest

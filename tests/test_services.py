@@ -14,6 +14,7 @@ import pytest
 from test_flink import FLINK_CONF, FLINK_CONF_LOCAL, FLINK_LOCATION, JOB_SERVER_JAR
 
 from beam_ml_flink import services
+from beam_ml_flink.services.process import port_open
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +69,13 @@ def test_the_cluster_stops_when_interrupted(tmp_path: Path) -> None:
                 f"--flink-conf={FLINK_CONF_LOCAL}",
                 f"--flink-location={FLINK_LOCATION}",
                 "--cluster",
+                "--taskmanagers=2",
+                "--worker-pool",
                 f"--work-dir={tmp_path}",
                 "--",
                 "bash",
                 "-c",
-                f"touch {ready}; sleep 300",
+                f"echo $WORKER_POOL_ADDRESS > {ready}.part; mv {ready}.part {ready}; sleep 300",
             ],
             stderr=stderr,
         )
@@ -82,8 +85,39 @@ def test_the_cluster_stops_when_interrupted(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the cluster did not start"
         time.sleep(0.5)
     assert port_in_use(8081)
+    # Two TaskManagers, each with its worker pool on a loopback address of its own.
+    assert ready.read_text().strip() == "sdk-worker-pool:5000"
+    cluster = services.LocalFlinkCluster(FLINK_LOCATION, FLINK_CONF_LOCAL, tmp_path / "cluster")
+    assert len(cluster.pids("taskexecutor")) == 2
+    pools = [services.LocalFlinkCluster.worker_pool_ip(i) for i in range(2)]
+    assert all(port_open(services.WORKER_POOL_PORT, ip) for ip in pools)
     command.send_signal(signal.SIGTERM)
     assert command.wait(timeout=120) == 130
-    cluster = services.LocalFlinkCluster(FLINK_LOCATION, FLINK_CONF_LOCAL, tmp_path / "cluster")
     assert cluster.pids("standalonesession") == [] and cluster.pids("taskexecutor") == []
     assert not port_in_use(8081)
+    assert not any(port_open(services.WORKER_POOL_PORT, ip) for ip in pools)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cluster", "--taskmanagers=0"], "--taskmanagers must be 1 or more; got 0"),
+        (["--taskmanagers=2"], "--taskmanagers is the size of the cluster that --cluster starts"),
+    ],
+)
+def test_a_bad_cluster_size_is_a_usage_error(args: list[str], message: str) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_ml_flink.services",
+            f"--flink-conf={FLINK_CONF_LOCAL}",
+            f"--flink-location={FLINK_LOCATION}",
+        ]
+        + args
+        + ["--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
