@@ -427,8 +427,13 @@ bench-rust: init build-tools ## criterion benches of the Rust stages: decode, re
 	PYTHONPATH=$(SITE_PACKAGES) cargo bench --locked --bench stages -- --warm-up-time 1 --measurement-time 4
 
 .PHONY: bench
-bench: init $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS)
+bench: init flink $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS), then bench-scale
 	$(SERVICES) --flink-conf data/flink-conf.yaml -- $(PY) bench/bench_pipeline.py $(BENCH_ARGS)
+	$(PY) bench/bench_scale.py $(SCALE_ARGS)
+
+.PHONY: bench-scale
+bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 TaskManagers, photos as files and as shards (SCALE_ARGS)
+	$(PY) bench/bench_scale.py $(SCALE_ARGS)
 
 .PHONY: bench-overlap
 bench-overlap: init ## After make bench: does decoding one part while another runs the model pay here?

@@ -39,15 +39,22 @@ def tiny_tensors(images: list[bytes]) -> np.ndarray:
     return bmf.preprocess(images, resize=SIZE, crop=SIZE)
 
 
-def compile_tiny(output: Path, *extra: str) -> Path:
-    """The compile command on the tiny model, as a user runs it; returns the package path."""
-    run = subprocess.run(
-        [sys.executable, "-m", "beam_ml_flink.compile", "--factory", "make_demo:tiny"]
-        + ["--input_size", str(SIZE), "--output", str(output), *extra],
+def run_compile(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m beam_ml_flink.compile ARGS`, as a user runs it (data/ importable, for
+    make_demo's factories)."""
+    return subprocess.run(
+        [sys.executable, "-m", "beam_ml_flink.compile", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "data")},
         timeout=600,
+    )
+
+
+def compile_tiny(output: Path, *extra: str) -> Path:
+    """The compile command on the tiny model; returns the package path."""
+    run = run_compile(
+        "--factory", "make_demo:tiny", "--input_size", str(SIZE), "--output", str(output), *extra
     )
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
@@ -213,12 +220,8 @@ def test_package_refuses_half_precision(tiny_package: Path) -> None:
 @pytest.mark.slow
 def test_compile_reuses_a_package_by_content(tiny_package: Path, package_dir: Path) -> None:
     assert tiny_package.name.startswith("tiny-fp32-")
-    run = subprocess.run(
-        [sys.executable, "-m", "beam_ml_flink.compile", "--factory", "make_demo:tiny"]
-        + ["--input_size", str(SIZE), "--output", str(package_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "data")},
+    run = run_compile(
+        "--factory", "make_demo:tiny", "--input_size", str(SIZE), "--output", str(package_dir)
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(tiny_package)
@@ -237,12 +240,7 @@ def test_compile_reuses_a_package_by_content(tiny_package: Path, package_dir: Pa
 )
 @pytest.mark.slow
 def test_compile_bad_command_lines(args: list[str], message: str, tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "beam_ml_flink.compile", "--output", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "data")},
-    )
+    run = run_compile("--output", str(tmp_path), *args)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert message in run.stderr
@@ -254,11 +252,13 @@ def test_compile_static_exported_program(tmp_path: Path) -> None:
     exported = tmp_path / "static.pt2"
     static = torch.export.export(make_demo.tiny(), (torch.zeros(4, 3, SIZE, SIZE),))
     torch.export.save(static, exported)
-    run = subprocess.run(
-        [sys.executable, "-m", "beam_ml_flink.compile", "--exported_program", str(exported)]
-        + ["--input_size", str(SIZE), "--output", str(tmp_path / "static-aoti.pt2")],
-        capture_output=True,
-        text=True,
+    run = run_compile(
+        "--exported_program",
+        str(exported),
+        "--input_size",
+        str(SIZE),
+        "--output",
+        str(tmp_path / "static-aoti.pt2"),
     )
     assert run.returncode == 0, run.stderr
     assert "warning: compiling the ExportedProgram as saved" in run.stderr
@@ -276,12 +276,20 @@ def test_compile_int8_from_exported_program(tmp_path: Path) -> None:
         make_demo.tiny(), (torch.zeros(4, 3, SIZE, SIZE),), dynamic_shapes=({0: batch},)
     )
     torch.export.save(dynamic, exported)
-    run = subprocess.run(
-        [sys.executable, "-m", "beam_ml_flink.compile", "--exported_program", str(exported)]
-        + ["--input_size", str(SIZE), "--output", str(tmp_path / "out"), "--int8"]
-        + ["--calibration", str(IMAGES), "--resize", str(SIZE), "--crop", str(SIZE)],
-        capture_output=True,
-        text=True,
+    run = run_compile(
+        "--exported_program",
+        str(exported),
+        "--input_size",
+        str(SIZE),
+        "--output",
+        str(tmp_path / "out"),
+        "--int8",
+        "--calibration",
+        str(IMAGES),
+        "--resize",
+        str(SIZE),
+        "--crop",
+        str(SIZE),
     )
     assert run.returncode == 0, run.stderr
     package = Path(run.stdout.strip())
