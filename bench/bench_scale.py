@@ -114,10 +114,10 @@ def main() -> None:
 
     flink = Path(os.environ["FLINK_LOCATION"])
     jar = Path(os.environ["FLINK_JOB_SERVER_JAR"])
-    for count in (int(n) for n in args.taskmanagers.split(",")):
-        work = WORK / "scale" / f"cluster-{count}"
+    for taskmanagers in (int(n) for n in args.taskmanagers.split(",")):
+        work = WORK / "scale" / f"cluster-{taskmanagers}"
         cluster = services.LocalFlinkCluster(
-            flink, ROOT / "data" / "flink-conf-local.yaml", work, count, worker_pools=True
+            flink, ROOT / "data" / "flink-conf-local.yaml", work, taskmanagers, worker_pools=True
         )
         with (
             cluster,
@@ -135,7 +135,8 @@ def main() -> None:
                     wall = classify(input, output, runner, count)
                     timings[name].append((last_job_seconds(cluster), wall))
             for name, pairs in timings.items():
-                label = f"local cluster, {count} TaskManager{'s' if count > 1 else ''}"
+                plural = "s" if taskmanagers > 1 else ""
+                label = f"local cluster, {taskmanagers} TaskManager{plural}"
                 rows.append((label, name, [job for job, _ in pairs], [wall for _, wall in pairs]))
                 print(
                     f"{label} {name}: job {statistics.median(p[0] for p in pairs):.1f} s",
