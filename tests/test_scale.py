@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from make_shards import Shards, make_shards
 from test_cli import demo_args
@@ -21,6 +22,7 @@ from test_flink import FLINK_CONF_LOCAL, FLINK_LOCATION, JOB_SERVER_JAR, _jobman
 from test_flink import results as read_results
 
 from beam_ml_flink import services
+from conftest import IMAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -59,10 +61,13 @@ def expected(shards: Shards, demo_top1: dict[str, int]) -> dict[str, int]:
     }
 
 
+def tar_shards(shards: Shards) -> str:
+    return f"{shards.folder}/webdataset/photos-{{00000..{SHARDS - 1:05d}}}.tar"
+
+
 def job_command(
-    shards: Shards, output: Path, server: services.JobServer, cluster: services.LocalFlinkCluster
+    input: str, output: Path, server: services.JobServer, cluster: services.LocalFlinkCluster
 ) -> list[str]:
-    input = f"{shards.folder}/webdataset/photos-{{00000..{SHARDS - 1:05d}}}.tar"
     return [
         sys.executable,
         "-m",
@@ -96,7 +101,7 @@ def test_a_job_over_shards_runs_on_both_taskmanagers(
     server, flink = cluster
     assert flink.overview()["taskmanagers"] == 2 and flink.parallelism == 4
     run = subprocess.run(
-        job_command(shards, tmp_path / "results", server, flink),
+        job_command(tar_shards(shards), tmp_path / "results", server, flink),
         capture_output=True,
         text=True,
         timeout=600,
@@ -135,7 +140,7 @@ def test_a_killed_taskmanager_is_replaced_and_every_sample_comes_out_once(
     restarts_before = _jobmanager_log(flink).count("switched from state RUNNING to RESTARTING")
     with open(tmp_path / "job.log", "w") as log:
         job = subprocess.Popen(
-            job_command(shards, tmp_path / "results", server, flink),
+            job_command(tar_shards(shards), tmp_path / "results", server, flink),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -156,3 +161,34 @@ def test_a_killed_taskmanager_is_replaced_and_every_sample_comes_out_once(
     restarts = _jobmanager_log(flink).count("switched from state RUNNING to RESTARTING")
     assert restarts > restarts_before
     assert flink.overview()["taskmanagers"] == 2
+
+
+def test_parquet_shards_and_damaged_ones_to_parquet_on_both_taskmanagers(
+    cluster: tuple[services.JobServer, services.LocalFlinkCluster],
+    shards: Shards,
+    demo_top1: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """img2dataset's Parquet files, the damaged shards and the hostile tar, with Parquet out:
+    every sample once, the samples before each damage classified, each failure with its reason."""
+    server, flink = cluster
+    input = f"{shards.folder}/{{parquet/*.parquet,damaged/*,webdataset/hostile.tar}}"
+    command = job_command(input, tmp_path / "results", server, flink)
+    run = subprocess.run(
+        [*command, "--output_format=parquet"], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    predictions = pq.read_table(sorted(tmp_path.glob("results-*.parquet"))).to_pylist()
+    failures = pq.read_table(sorted(tmp_path.glob("results_failures-*.parquet"))).to_pylist()
+    seen = [r["image"] for r in predictions + failures]
+    assert len(seen) == len(set(seen)), "a sample came out twice"
+    wanted = [i for i in [*shards.images, *shards.failures] if not i.startswith("photos-")]
+    assert sorted(seen) == sorted(wanted)
+    for record in failures:
+        assert shards.failures[record["image"]] in record["error"], record
+    # The Parquet rows hold the photos over and over: each has the top-1 of the photo it holds.
+    top1_by_bytes = {(IMAGES / name).read_bytes(): index for name, index in demo_top1.items()}
+    for record in predictions:
+        data = shards.images[record["image"]]
+        if data in top1_by_bytes:
+            assert record["top_indices"][0] == top1_by_bytes[data], record["image"]

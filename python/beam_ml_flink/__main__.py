@@ -61,6 +61,7 @@ from beam_ml_flink.pipeline import (
     output_files,
     write_results,
 )
+from beam_ml_flink.progress import ProgressReporter, count_inputs
 from beam_ml_flink.pubsub import is_pubsub, read_pubsub
 from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs
 from beam_ml_flink.shards import ReadShards, is_sharded, local_shard_paths
@@ -399,6 +400,31 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         else:
             uris = image_uris(pipeline, args.input, args.images_dir)
             classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
+    reporter = None
+    if not (streaming or args.input_topic) and args.progress_interval > 0:
+        total = None if is_sharded(args.input, args.input_format) else count_inputs(args.input)
+        reporter = ProgressReporter(args.progress_interval, total, METRICS_NAMESPACE, logger)
+        reporter.start()
+    try:
+        result = _run_and_wait(pipeline, args, options, classified, streaming, reporter)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+    log_summary(result, time.perf_counter() - started)
+    if args.show and args.output:
+        print_results(args.output, args.show)
+    return result
+
+
+def _run_and_wait(
+    pipeline: beam.Pipeline,
+    args: argparse.Namespace,
+    options: PipelineOptions,
+    classified: ClassifiedImages,
+    streaming: bool,
+    reporter: ProgressReporter | None,
+) -> PipelineResult:
+    """Writes the results, runs the pipeline and waits for it as its kind of job needs."""
     if args.output_topic:
         write_messages(
             classified,
@@ -410,6 +436,8 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     else:
         write_results(classified, args.output, args.output_format)
     result = pipeline.run()
+    if reporter is not None:
+        reporter.result = result
     if args.input_topic:
         cancelled = FILES_CANCELLED if is_pubsub(args.input_topic) else KAFKA_CANCELLED
         wait_or_cancel(result, args.stop_after, cancelled, flink_master(options))
@@ -417,9 +445,6 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         wait_or_cancel(result, flink_rest=flink_master(options))
     else:
         result.wait_until_finish()
-    log_summary(result, time.perf_counter() - started)
-    if args.show and args.output:
-        print_results(args.output, args.show)
     return result
 
 

@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_ml_flink._core import Classification, ImageClassifier
+from beam_ml_flink.progress import COUNTS
 from beam_ml_flink.streaming import ModelWatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -223,6 +224,7 @@ class _Metrics:
         failed = sum(1 for r in results if not r.ok)
         self.classified.inc(len(results) - failed)
         self.failed.inc(failed)
+        COUNTS.add(len(results) - failed, failed)
         self.batch_size.update(len(results))
         self.batch_ms.update(round(seconds * 1000))
 

@@ -6,7 +6,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_ml_flink.arguments import positive_int, resize, seconds, triple
+from beam_ml_flink.arguments import positive_int, resize, seconds, seconds_or_zero, triple
 from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
 from beam_ml_flink.kafka import MESSAGE_FORMATS
 from beam_ml_flink.pipeline import OUTPUT_FORMATS
@@ -224,6 +224,14 @@ class ImageClassificationOptions(PipelineOptions):
             default=0,
             metavar="N",
             help="After the run, print a table of up to N results read back from the output.",
+        )
+        parser.add_argument(
+            "--progress_interval",
+            type=seconds_or_zero,
+            default=10.0,
+            metavar="SECONDS",
+            help="Batch runs: a progress line every this many seconds (images done, failed, "
+            "images/s, time left where the input count is known); 0 turns it off (default 10).",
         )
         parser.add_argument(
             "--verbose",

@@ -1,0 +1,127 @@
+"""How far a batch run is: every few seconds a line with the images done, the failures, the rate
+and, where the input count is known, an estimate of the time left.
+
+The counts come from the handler in this process, where the SDK workers run in it (the
+DirectRunner, Prism, LOOPBACK on Flink), else from the runner's metrics where it reports them
+while the job runs. Where neither tells anything, no line is written: the summary at the end
+still is.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+# A local list longer than this is not read through to count its images.
+COUNT_LIST_BYTES = 256 << 20
+
+
+class _Counts:
+    """Images classified and failed by the handlers of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._classified = 0
+        self._failed = 0
+
+    def add(self, classified: int, failed: int) -> None:
+        with self._lock:
+            self._classified += classified
+            self._failed += failed
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self._classified, self._failed
+
+
+COUNTS = _Counts()
+
+
+def count_inputs(input: str) -> int | None:
+    """How many images a local --input names: a list's entries, or the files a folder or glob
+    matches; None where that is not known cheaply (a remote URI, shards, a very long list)."""
+    if FileSystems.get_scheme(input) not in (None, "file"):
+        return None
+    if os.path.isdir(input):
+        return sum(1 for p in os.scandir(input) if p.is_file())
+    if set("*?[") & set(input):
+        return sum(1 for p in glob.glob(input) if os.path.isfile(p))
+    try:
+        if os.path.getsize(input) > COUNT_LIST_BYTES:
+            return None
+        with open(input, errors="replace") as f:
+            return sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
+    except OSError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressReporter(threading.Thread):
+    """Logs a progress line every `interval` seconds until stopped. `result` (the running
+    job's PipelineResult, once there is one) is asked for metrics where this process's handlers
+    have seen nothing."""
+
+    def __init__(
+        self, interval: float, total: int | None, namespace: str, logger: logging.Logger
+    ) -> None:
+        super().__init__(name="progress", daemon=True)
+        self.interval = interval
+        self.total = total
+        self.namespace = namespace
+        self.logger = logger
+        self.result: Any = None
+        self._stop_event = threading.Event()
+        self._first: tuple[float, int] | None = None  # when images were first seen, and how many
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            counts = self.counts()
+            if counts is not None:
+                self.logger.info("%s", self.line(*counts, time.monotonic()))
+
+    def counts(self) -> tuple[int, int] | None:
+        classified, failed = COUNTS.snapshot()
+        if classified + failed:
+            return classified, failed
+        if self.result is None:
+            return None
+        try:
+            metrics = self.result.metrics().query(MetricsFilter().with_namespace(self.namespace))
+        except Exception:  # noqa: BLE001 - a runner without live metrics: no line
+            return None
+        totals = {"images_classified": 0, "images_failed": 0}
+        for counter in metrics["counters"]:
+            if counter.key.metric.name in totals:
+                totals[counter.key.metric.name] += counter.attempted or 0
+        classified, failed = totals["images_classified"], totals["images_failed"]
+        return (classified, failed) if classified + failed else None
+
+    def line(self, classified: int, failed: int, now: float) -> str:
+        done = classified + failed
+        if self._first is None:
+            self._first = (now - self.interval, 0)
+        since, base = self._first
+        rate = (done - base) / (now - since) if now > since else 0.0
+        text = f"progress: {done:,} images done"
+        if self.total:
+            text += f" of {self.total:,} ({min(done / self.total, 1):.0%})"
+        text += f", {failed:,} failed, {rate:.1f} images/s"
+        if self.total and rate > 0 and done < self.total:
+            text += f", about {_duration((self.total - done) / rate)} left"
+        return text
