@@ -80,12 +80,20 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The wheel of the current sources; dist/.built goes with it, so a removed dist/ is rebuilt.
+# The wheel and the sdist of the current sources; dist/.built goes with them, so a removed dist/
+# is rebuilt. The wheel is repaired by auditwheel into a manylinux wheel, libtorch left out (it
+# comes from the `torch` dependency): manylinux_2_34, the oldest glibc whose symbols a build on
+# this machine (Debian bookworm) references.
 WHEEL_BUILT := dist/.built
+MANYLINUX := manylinux_2_34_x86_64
+TORCH_LIB_DIR = $(SITE_PACKAGES)/torch/lib
 
-$(WHEEL_BUILT): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md | build-tools
-	rm -rf dist
-	maturin build --release --out dist
+$(WHEEL_BUILT): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md .cargo/config.toml | build-tools
+	rm -rf dist build/wheel
+	maturin build --release --out build/wheel
+	AUDITWHEEL_LD_LIBRARY_PATH=$(TORCH_LIB_DIR) auditwheel repair --plat $(MANYLINUX) \
+		--exclude libtorch_cpu.so --exclude libc10.so -w dist build/wheel/beam_ml_flink-*.whl
+	maturin sdist --out dist
 	touch $@
 
 $(VENV)/.installed: $(WHEEL_BUILT)
@@ -157,7 +165,7 @@ flink-job-server: $(JOB_SERVER_JAR) ## Assemble Beam's Flink job server from Mav
 init: $(VENV)/.installed data/.made ## Create .venv, install deps, build and install the extension, make demo data
 
 .PHONY: wheel
-wheel: $(WHEEL_BUILT) ## Build the wheel of the current sources into dist/
+wheel: $(WHEEL_BUILT) ## Build the manylinux wheel and the sdist of the current sources into dist/
 
 .PHONY: run
 run: run-direct ## Set up, then classify the sample photos on the DirectRunner and print a table
@@ -379,10 +387,17 @@ test-docker: init flink $(JOB_SERVER_JAR) docker-cpu ## Build the worker image, 
 	$(WITH_ENGINE) BMF_WORKER_IMAGE=$(LOCAL_IMAGE) $(PY) -m pytest tests/test_docker.py --basetemp=build/test-docker -v
 
 .PHONY: test-install
-test-install: wheel data/.made ## Install dist/*.whl alone in a fresh venv and classify a photo with it
+test-install: wheel data/.made ## Install the wheel with its [beam] extra alone in a fresh venv and classify photos; then build and install the sdist there
 	rm -rf build/install-venv
 	$(PYTHON) -m venv build/install-venv
-	build/install-venv/bin/pip install --quiet dist/beam_ml_flink-*.whl
+	build/install-venv/bin/pip install --quiet "$$(ls dist/beam_ml_flink-*.whl)[beam]"
+	cd build && install-venv/bin/python ../tests/smoke_install.py ../data
+	# The sdist builds against the torch installed beside it (no build isolation: torch is the
+	# libtorch it links; pyproject.toml names it for isolated builds too).
+	build/install-venv/bin/pip uninstall --quiet --yes beam-ml-flink
+	build/install-venv/bin/pip install --quiet maturin==$$(sed -n 's/^maturin==//p' requirements.txt)
+	env -u LIBTORCH_USE_PYTORCH PATH=$(abspath build/install-venv/bin):$$PATH CARGO_TARGET_DIR=$(abspath target) \
+		build/install-venv/bin/pip install --quiet --no-build-isolation --no-cache-dir dist/beam_ml_flink-*.tar.gz
 	cd build && install-venv/bin/python ../tests/smoke_install.py ../data
 	rm -rf build/install-venv
 
