@@ -401,6 +401,10 @@ test-install: wheel data/.made ## Install the wheel with its [beam] extra alone 
 	cd build && install-venv/bin/python ../tests/smoke_install.py ../data
 	rm -rf build/install-venv
 
+.PHONY: docs
+docs: init ## Build the documentation site into build/site (mkdocs --strict: a broken link or reference fails)
+	$(BIN)/mkdocs build --strict
+
 .PHONY: lint
 lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
 	cargo fmt --check
