@@ -63,7 +63,7 @@ from beam_ml_flink.pipeline import (
 )
 from beam_ml_flink.progress import ProgressReporter, count_inputs
 from beam_ml_flink.pubsub import is_pubsub, read_pubsub
-from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs
+from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs, flink_job_metrics
 from beam_ml_flink.shards import ReadShards, is_sharded, local_shard_paths
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
@@ -410,7 +410,7 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     finally:
         if reporter is not None:
             reporter.stop()
-    log_summary(result, time.perf_counter() - started)
+    log_summary(result, time.perf_counter() - started, flink_master(options))
     if args.show and args.output:
         print_results(args.output, args.show)
     return result
@@ -518,8 +518,9 @@ def wait_or_cancel(
         signal.signal(signal.SIGTERM, previous)
 
 
-def log_summary(result: PipelineResult, seconds: float) -> None:
-    """Logs the handler's Beam metrics, where the runner reports them."""
+def log_summary(result: PipelineResult, seconds: float, flink_rest: str | None = None) -> None:
+    """Logs the handler's Beam metrics, where the runner reports them (or, for a job on a Flink
+    cluster whose job server returns none, where Flink has them)."""
     try:
         metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except Exception as e:  # noqa: BLE001 - some runners do not report metrics
@@ -534,6 +535,15 @@ def log_summary(result: PipelineResult, seconds: float) -> None:
         if distribution.committed is not None:
             totals[f"{name}.count"] = totals.get(f"{name}.count", 0) + distribution.committed.count
             totals[f"{name}.sum"] = totals.get(f"{name}.sum", 0) + distribution.committed.sum
+    job_id = getattr(result, "_job_id", None)
+    if not totals and flink_rest and job_id:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            totals = flink_job_metrics(flink_rest, job_id.rsplit("_", 1)[0], METRICS_NAMESPACE)
+    if not totals:
+        logger.info(
+            "finished in %.1f s (the runner reported no metrics of the classification)", seconds
+        )
+        return
     classified = totals.get("images_classified", 0)
     failed = totals.get("images_failed", 0)
     batch_count = totals.get("batch_size.count", 0)

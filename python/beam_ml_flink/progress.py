@@ -4,7 +4,9 @@ and, where the input count is known, an estimate of the time left.
 The counts come from the handler in this process, where the SDK workers run in it (the
 DirectRunner, Prism, LOOPBACK on Flink), else from the runner's metrics where it reports them
 while the job runs. Where neither tells anything, no line is written: the summary at the end
-still is.
+still is. (On Flink with EXTERNAL or DOCKER workers nothing is known while a batch job runs:
+Beam's metrics, and the records a task hands on, reach Flink when a task's bundle ends, which
+in a batch job is its whole input.)
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class ProgressReporter(threading.Thread):
         if self._first is None:
             self._first = (now - self.interval, 0)
         since, base = self._first
+        # From the interval in which images were first seen: the workers' start is not in it.
         rate = (done - base) / (now - since) if now > since else 0.0
         text = f"progress: {done:,} images done"
         if self.total:

@@ -18,6 +18,7 @@ from beam_ml_flink.services.flink import (
     LocalFlinkCluster,
     cancel_flink_jobs,
     flink_conf_dir,
+    flink_job_metrics,
 )
 from beam_ml_flink.services.kafka import (
     JAVA_EXPANSION_PORT,
@@ -48,5 +49,6 @@ __all__ = [
     "cancel_flink_jobs",
     "check_ports_free",
     "flink_conf_dir",
+    "flink_job_metrics",
     "main",
 ]

@@ -3,6 +3,7 @@ SDK worker pool."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -128,6 +129,50 @@ def cancel_flink_jobs(master: str, name: str, timeout: float = 60.0) -> list[str
     while ids and running() and time.monotonic() < deadline:
         time.sleep(0.5)
     return ids
+
+
+def _varints(data: bytes) -> list[int]:
+    """The unsigned varints of a Beam metric payload, in order."""
+    values, value, shift = [], 0, 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            values.append(value)
+            value, shift = 0, 0
+    return values
+
+
+def flink_job_metrics(master: str, name: str, namespace: str) -> dict[str, int]:
+    """The Beam metrics of `namespace` that the newest job named `name` on the Flink cluster at
+    `master` (host:port) has reported to Flink (its accumulators), summed over its tasks:
+    counters by name, and distributions as NAME.count and NAME.sum. Empty when there are none.
+
+    What a job server across a version gap may not return through Beam's job API."""
+    base = master if master.startswith("http") else f"http://{master}"
+    with urllib.request.urlopen(f"{base}/jobs/overview", timeout=10) as response:
+        jobs = [job for job in json.load(response)["jobs"] if job["name"] == name]
+    if not jobs:
+        return {}
+    jid = max(jobs, key=lambda job: job["start-time"])["jid"]
+    with urllib.request.urlopen(f"{base}/jobs/{jid}/accumulators", timeout=10) as response:
+        accumulators = json.load(response)["user-task-accumulators"]
+    totals: dict[str, int] = {}
+    for accumulator in accumulators:
+        if accumulator["name"] != "__metricscontainers":
+            continue
+        for metric in json.loads(accumulator["value"])["metrics"].get("attempted", []):
+            labels = metric.get("labels", {})
+            if labels.get("NAMESPACE") != namespace:
+                continue
+            values = _varints(base64.b64decode(metric["payload"]))
+            if metric["type"].endswith(":sum_int64:v1") and values:
+                totals[labels["NAME"]] = totals.get(labels["NAME"], 0) + values[0]
+            elif metric["type"].endswith(":distribution_int64:v1") and len(values) >= 2:
+                for part, value in zip(("count", "sum"), values[:2], strict=True):
+                    key = f"{labels['NAME']}.{part}"
+                    totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 class LocalFlinkCluster(Service):
