@@ -59,6 +59,11 @@ PORTABLE_RUNNER := --runner PortableRunner --job_endpoint localhost:8099
 KAFKA_JAR := build/kafka/kafka-broker.jar
 export KAFKA_BROKER_JAR := $(abspath $(KAFKA_JAR))
 
+# An S3-compatible object store (S3Proxy, filesystem backend) assembled from Maven Central
+# (data/s3proxy.pom.xml), for the object store tests and runs on s3:// paths.
+S3PROXY_JAR := build/s3proxy/s3proxy.jar
+export OBJECT_STORE_JAR := $(abspath $(S3PROXY_JAR))
+
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs' -o -name '*.cpp' -o -name '*.h')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
 
@@ -123,6 +128,10 @@ $(KAFKA_JAR): data/kafka.pom.xml
 	mvn --batch-mode --quiet -f data/kafka.pom.xml package
 	touch $@
 
+$(S3PROXY_JAR): data/s3proxy.pom.xml
+	mvn --batch-mode --quiet -f data/s3proxy.pom.xml package
+	touch $@
+
 # The Flink Kubernetes Operator's CustomResourceDefinition of FlinkDeployment, from its API jar on
 # Maven Central: deploy/kubernetes/ is validated against its schema (nothing here runs Kubernetes).
 OPERATOR_VERSION := 1.10.0
@@ -136,6 +145,9 @@ $(OPERATOR_CRD):
 
 .PHONY: kafka
 kafka: $(KAFKA_JAR) ## Assemble an Apache Kafka broker (KRaft) from Maven Central into build/kafka
+
+.PHONY: s3proxy
+s3proxy: $(S3PROXY_JAR) ## Assemble an S3-compatible object store (S3Proxy) from Maven Central into build/s3proxy
 
 # The demo model as AOTInductor packages, fp32 and int8 (calibrated on the sample photos), compiled
 # for this machine kind by `python -m beam_ml_flink.compile` into a cache in the home folder (named
@@ -378,7 +390,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(OPERATOR_CRD) ## pytest (Flink and Kafka tests start their own)
+test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
 
 .PHONY: test-docker

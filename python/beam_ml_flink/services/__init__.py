@@ -1,11 +1,11 @@
 """The local services of the run modes: a standalone Flink cluster of one or more TaskManagers,
-the Beam Flink job server, SDK worker pools, a Kafka broker and the Java expansion service that
-KafkaIO needs.
+the Beam Flink job server, SDK worker pools, a Kafka broker, the Java expansion service that
+KafkaIO needs, and an S3-compatible object store.
 
 Each is a context manager that checks its ports are free, starts its processes, waits until they
 answer, and stops everything it started on the way out, also when the job fails or is interrupted.
 `python -m beam_ml_flink.services [services] -- command` wraps a command in them (the Makefile's
-Flink and Kafka targets); the tests use the classes directly.
+Flink, Kafka and object store targets); the tests use the classes directly.
 """
 
 from beam_ml_flink.services.command import argument_parser, main
@@ -27,6 +27,12 @@ from beam_ml_flink.services.kafka import (
     ExpansionService,
     KafkaBroker,
 )
+from beam_ml_flink.services.object_store import (
+    OBJECT_STORE_ACCESS_KEY,
+    OBJECT_STORE_PORT,
+    OBJECT_STORE_SECRET_KEY,
+    ObjectStore,
+)
 from beam_ml_flink.services.process import ServiceError, check_ports_free
 from beam_ml_flink.services.worker_pool import WORKER_POOL_PORT, WorkerPool
 
@@ -38,11 +44,15 @@ __all__ = [
     "JOB_PORT",
     "KAFKA_CONTROLLER_PORT",
     "KAFKA_PORT",
+    "OBJECT_STORE_ACCESS_KEY",
+    "OBJECT_STORE_PORT",
+    "OBJECT_STORE_SECRET_KEY",
     "WORKER_POOL_PORT",
     "ExpansionService",
     "JobServer",
     "KafkaBroker",
     "LocalFlinkCluster",
+    "ObjectStore",
     "ServiceError",
     "WorkerPool",
     "argument_parser",

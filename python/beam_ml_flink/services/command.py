@@ -14,6 +14,7 @@ from pathlib import Path
 
 from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, flink_conf_dir
 from beam_ml_flink.services.kafka import ExpansionService, KafkaBroker
+from beam_ml_flink.services.object_store import ObjectStore
 from beam_ml_flink.services.process import ServiceError
 from beam_ml_flink.services.worker_pool import WorkerPool
 
@@ -94,6 +95,20 @@ def argument_parser() -> argparse.ArgumentParser:
         "8096 (Java transforms EMBEDDED in Flink)",
     )
     parser.add_argument(
+        "--object-store",
+        metavar="JAR",
+        help="start an S3-compatible object store (S3Proxy, make s3proxy) from JAR on port 9000, "
+        "its objects under the work dir; what S3 clients and Beam's S3 filesystem need to reach "
+        "it (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION "
+        "and the checksum settings) is exported to the command",
+    )
+    parser.add_argument(
+        "--buckets",
+        default="",
+        metavar="B1,B2",
+        help="with --object-store: the buckets to create",
+    )
+    parser.add_argument(
         "--work-dir", default="build/flink", help="logs, pid files, staged artifacts"
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
@@ -112,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cluster and --job-server need --flink-conf: a Flink YAML configuration")
     if args.topics and not args.kafka:
         parser.error("--topics are created on the broker that --kafka starts: give --kafka JAR")
+    if args.buckets and not args.object_store:
+        parser.error(
+            "--buckets are created in the store that --object-store starts: give --object-store JAR"
+        )
     if args.cluster and not args.flink_location:
         parser.error("--cluster needs --flink-location or FLINK_LOCATION: a Flink distribution")
     if args.taskmanagers < 1:
@@ -127,6 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as services, _terminate_as_interrupt():
             env = dict(os.environ)
             master = "[local]"
+            if args.object_store:
+                # First, so that the other services (and their SDK workers) inherit its address.
+                buckets = [b for b in args.buckets.split(",") if b]
+                store = ObjectStore(args.object_store, work_dir / "object-store", buckets=buckets)
+                services.enter_context(store)
+                env.update(store.client_environment)
+                os.environ.update(store.client_environment)
+                print(
+                    f"object store up on {store.endpoint}"
+                    + (f", buckets {', '.join(buckets)}" if buckets else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
             if args.cluster:
                 assert flink_location is not None
                 cluster = LocalFlinkCluster(
