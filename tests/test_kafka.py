@@ -1,7 +1,7 @@
 """Kafka in and out on real Flink: a real broker (KRaft, from Maven Central), Beam's KafkaIO
 expanded by the Java expansion service and run EMBEDDED in Flink's JVM, no Docker. Every message is
-answered exactly once (a prediction or a failure with its reason), also when the TaskManager is
-killed mid-stream."""
+answered exactly once (a prediction or a failure with its reason); when the TaskManager is killed
+mid-stream, none is lost and those written since the last checkpoint come again."""
 
 from __future__ import annotations
 
