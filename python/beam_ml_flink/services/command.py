@@ -99,8 +99,8 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="JAR",
         help="start an S3-compatible object store (S3Proxy, make s3proxy) from JAR on port 9000, "
         "its objects under the work dir; what S3 clients and Beam's S3 filesystem need to reach "
-        "it (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION "
-        "and the checksum settings) is exported to the command",
+        "it (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+        "AWS_DEFAULT_REGION) is exported to the command",
     )
     parser.add_argument(
         "--buckets",

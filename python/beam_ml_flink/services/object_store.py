@@ -1,5 +1,5 @@
-"""An S3-compatible object store on loopback: S3Proxy (Apache-2.0) with its filesystem backend, from
-Maven Central (data/s3proxy.pom.xml, `make s3proxy`). Its objects are files under the work
+"""An S3-compatible object store on loopback: S3Proxy 3 (Apache-2.0) with its filesystem backend,
+from Maven Central (data/s3proxy.pom.xml, `make s3proxy`). Its objects are files under the work
 directory, kept from one start to the next; it answers S3 requests signed with AWS signature v2 or
 v4 for one fixed identity.
 
@@ -41,17 +41,11 @@ _LOGBACK = """\
   <root level="WARN"><appender-ref ref="STDOUT"/></root>
 </configuration>
 """
-# boto3 sends CRC checksum headers that S3Proxy 2.6.0 answers with NotImplemented on PutObject;
-# checksums only where the operation requires them keeps every client working against it.
-CHECKSUM_ENVIRONMENT = {
-    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-}
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str, **config: Any) -> Any:
-    """A boto3 S3 client of `endpoint`, with checksums only where the operation requires them;
-    `config` goes to botocore's Config (timeouts, retries)."""
+    """A boto3 S3 client of `endpoint`; `config` goes to botocore's Config (timeouts,
+    retries)."""
     try:
         import boto3
         from botocore.config import Config
@@ -66,11 +60,7 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, **config: Any) ->
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name=OBJECT_STORE_REGION,
-        config=Config(
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            **config,
-        ),
+        config=Config(**config),
     )
 
 
@@ -103,14 +93,12 @@ class ObjectStore(ProcessService):
     @property
     def client_environment(self) -> dict[str, str]:
         """What a process needs in its environment to reach the store through boto3 and Beam's S3
-        filesystem without any flag: the endpoint, the identity, a region and the checksum
-        settings."""
+        filesystem without any flag: the endpoint, the identity and a region."""
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": OBJECT_STORE_REGION,
-            **CHECKSUM_ENVIRONMENT,
         }
 
     def client(self) -> Any:
