@@ -418,12 +418,13 @@ docs: init ## Build the documentation site into build/site (mkdocs --strict: a b
 	$(BIN)/mkdocs build --strict
 
 .PHONY: lint
-lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy stubtest
+lint: init ## cargo fmt --check, clippy -D warnings, ruff, mypy (the package, strict) and stubtest
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 	$(BIN)/ruff check python tests data bench fuzz
 	$(BIN)/ruff format --check python tests data bench fuzz
 	$(PY) -m mypy.stubtest beam_ml_flink._core
+	$(PY) -m mypy
 
 # Fuzzing: cargo fuzz (libFuzzer, AddressSanitizer; RUSTC_BOOTSTRAP lets the stable toolchain take
 # the sanitizer flags) over decode + preprocess, then hypothesis's fuzz profile over the Python

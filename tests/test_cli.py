@@ -12,7 +12,16 @@ import pytest
 import torch
 
 import beam_ml_flink as bmf
-from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT, torch_top1
+from conftest import (
+    DEMO_MEAN,
+    DEMO_MODEL,
+    DEMO_STD,
+    IMAGENET_LABELS,
+    IMAGES,
+    ROOT,
+    TINY_MODEL,
+    torch_top1,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -327,3 +336,183 @@ def test_a_model_watch_on_a_missing_folder_is_a_usage_error(tmp_path: Path) -> N
     assert "--watch_models /no/such/folder/*.pt: the folder /no/such/folder does not exist" in (
         run.stderr
     )
+
+
+HELP_POINTER = "Run 'python -m beam_ml_flink --help' for the flags."
+
+
+def assert_usage_error(run: subprocess.CompletedProcess[str], sentence: str) -> None:
+    """A usage error: exit 2, the error and a pointer to --help, no usage text, no traceback."""
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert "usage:" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[-2].startswith("python -m beam_ml_flink: error: "), run.stderr
+    assert sentence in lines[-2]
+    assert lines[-1] == HELP_POINTER
+
+
+def test_a_bad_value_is_the_error_and_a_pointer_to_help(tmp_path: Path) -> None:
+    run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), "--batch_size", "0")
+    assert_usage_error(run, "argument --batch_size: expected a positive integer, got '0'")
+    assert len(run.stderr.strip().splitlines()) == 2
+
+
+def test_a_missing_flag_is_the_error_and_a_pointer_to_help(tmp_path: Path) -> None:
+    run = classify(f"--output={tmp_path / 'out'}", f"--model_path={TINY_MODEL}")
+    assert_usage_error(run, "--input (images) or --input_topic (Kafka messages) is required")
+
+
+@pytest.mark.parametrize("runner", ["Foo", "apache_beam.runners.Foo"])
+def test_an_unknown_runner_is_a_usage_error_naming_the_runners(runner: str, tmp_path: Path) -> None:
+    run = classify(*demo_args(IMAGES, tmp_path / "out" / "r"), "--runner", runner)
+    assert_usage_error(
+        run,
+        f"--runner {runner} is not a runner this command runs on: use DirectRunner (the "
+        "default), PrismRunner, FlinkRunner or PortableRunner (DataflowRunner for Pub/Sub input)",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_groups_the_flags_by_topic() -> None:
+    from beam_ml_flink.options import FLAG_GROUPS
+
+    run = classify("--help")
+    assert run.returncode == 0, run.stderr[-2000:]
+    headings = [line[:-1] for line in run.stdout.splitlines() if line and line[0] != " "]
+    topics = [h for h in headings if h in FLAG_GROUPS]
+    assert topics == list(FLAG_GROUPS)
+    assert list(FLAG_GROUPS)[:7] == [
+        "input",
+        "model",
+        "preprocessing",
+        "output",
+        "streaming",
+        "Kafka and Pub/Sub",
+        "Flink",
+    ]
+
+    # Each topic lists its own flags, and no flag is left ungrouped.
+    for title, flags in {
+        "input": ["--input ", "--input_format", "--images_dir"],
+        "model": ["--model_path", "--labels", "--batch_size", "--device"],
+        "preprocessing": ["--resize", "--crop", "--mean", "--draft"],
+        "output": ["--output ", "--output_format", "--top_k", "--show"],
+        "streaming": ["--poll_interval", "--window_size", "--watch_models"],
+        "Kafka and Pub/Sub": ["--input_topic", "--bootstrap_servers", "--output_topic"],
+        "Flink": ["--checkpointing_interval", "--max_bundle_time_mills"],
+        "the run": ["--progress_interval", "--fail_on_error", "--verbose"],
+    }.items():
+        text = run.stdout.split(f"\n{title}:\n", 1)[1].split("\n\n")
+        # The group's description, then its flags.
+        flags_text = text[1] if not text[0].lstrip().startswith("-") else text[0]
+        for flag in flags:
+            assert f"  {flag}" in flags_text, (title, flag)
+    ungrouped = run.stdout.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    assert ungrouped.split() == ["-h,", "--help", "show", "this", "help", "message", "and", "exit"]
+
+
+def test_beam_still_parses_every_flag_of_the_options() -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from beam_ml_flink.options import FlinkStreamingOptions, ImageClassificationOptions
+
+    argv = [
+        "--input=a.txt",
+        "--batch_size=3",
+        "--fail_on_error",
+        "--checkpointing_interval=500",
+        "--runner=FlinkRunner",
+        "--flink_master=localhost:8081",
+    ]
+    options = PipelineOptions(argv)
+    mine = options.view_as(ImageClassificationOptions)
+    assert (mine.input, mine.batch_size, mine.fail_on_error) == ("a.txt", 3, True)
+    assert options.view_as(FlinkStreamingOptions).checkpointing_interval == 500
+    assert options.view_as(StandardOptions).runner == "FlinkRunner"
+    assert options.get_all_options()["flink_master"] == "localhost:8081"
+
+
+def _mixed_list(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A list of one photo and of inputs that fail before inference, with how many of each
+    kind it holds."""
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image\n")
+    names = [IMAGES / "china.jpg", folder, tmp_path / "missing.jpg", text]
+    return image_list(tmp_path, [str(n) for n in names]), {"photos": 1, "read": 2, "decode": 1}
+
+
+def test_the_summary_counts_every_input_and_points_at_the_failures(tmp_path: Path) -> None:
+    listing, kinds = _mixed_list(tmp_path)
+    output = tmp_path / "out" / "r"
+    run = classify(
+        f"--input={listing}", f"--output={output}", f"--model_path={TINY_MODEL}", "--batch_size=4"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    failed = kinds["read"] + kinds["decode"]
+    assert (
+        f"{kinds['photos']} images classified, {failed} failed ({kinds['read']} could not be "
+        f"read, {kinds['decode']} could not be decoded)"
+    ) in run.stderr
+    assert f"the reasons are in {output}_failures-*.jsonl" in run.stderr
+    assert len(read_jsonl(sorted(output.parent.glob("r_failures-*.jsonl")))) == failed
+
+
+def test_fail_on_error_exits_1_when_an_input_failed(tmp_path: Path) -> None:
+    listing, kinds = _mixed_list(tmp_path)
+    run = classify(
+        f"--input={listing}",
+        f"--output={tmp_path / 'out' / 'r'}",
+        f"--model_path={TINY_MODEL}",
+        "--fail_on_error",
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    failed = kinds["read"] + kinds["decode"]
+    assert f"--fail_on_error: {failed} inputs failed; exit status 1" in run.stderr
+
+
+def test_a_list_read_as_parquet_says_every_input_failed(tmp_path: Path) -> None:
+    listing = image_list(tmp_path, [str(IMAGES / "china.jpg")])
+    output = tmp_path / "out" / "r"
+    run = classify(
+        f"--input={listing}",
+        "--input_format=parquet",
+        f"--output={output}",
+        f"--model_path={TINY_MODEL}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert (
+        "every input failed (1 could not be read); no image was classified; the reasons are in "
+        f"{output}_failures-*.jsonl"
+    ) in run.stderr
+    (failure,) = read_jsonl(sorted(output.parent.glob("r_failures-*.jsonl")))
+    assert failure["image"] == str(listing)
+
+
+class _FailsOnImages(torch.nn.Module):
+    """A classifier whose forward fails on any input but the blank one the loader tries."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().sum() > 0):
+            raise RuntimeError("this model refuses every real image")
+        return torch.zeros(x.shape[0], 10)
+
+
+def test_inference_failures_are_counted_apart(tmp_path: Path) -> None:
+    model = tmp_path / "fails.pt"
+    torch.jit.save(torch.jit.script(_FailsOnImages()), str(model))
+    listing, kinds = _mixed_list(tmp_path)
+    run = classify(
+        f"--input={listing}", f"--output={tmp_path / 'out' / 'r'}", f"--model_path={model}"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert (
+        f"every input failed ({kinds['read']} could not be read, {kinds['decode']} could not be "
+        f"decoded, {kinds['photos']} failed in inference); no image was classified"
+    ) in run.stderr

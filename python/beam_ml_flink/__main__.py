@@ -42,7 +42,16 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from apache_beam.transforms import window
 
 from beam_ml_flink._core import Error
-from beam_ml_flink.beam import METRICS_NAMESPACE, ImageClassifierHandler
+from beam_ml_flink.arguments import ArgumentParser
+from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.counts import (
+    CLASSIFIED,
+    FAILED_DECODE,
+    FAILED_INFERENCE,
+    FAILED_READ,
+    METRICS_NAMESPACE,
+    failures_by_stage,
+)
 from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
 from beam_ml_flink.options import (
     STATE_DICT_RESIZE,
@@ -53,6 +62,7 @@ from beam_ml_flink.options import (
     without_labels_flag,
 )
 from beam_ml_flink.pipeline import (
+    FAILURES,
     ClassifiedImages,
     ClassifyImageBytes,
     ClassifyImages,
@@ -74,6 +84,15 @@ FLINK_RUNNERS = ("FlinkRunner", "PortableRunner")
 LOCAL_RUNNERS = (*BATCH_ONLY_RUNNERS, "PrismRunner")
 # The runners of Beam's Python Pub/Sub IO.
 PUBSUB_RUNNERS = ("DataflowRunner", "DirectRunner")
+# The runners this command runs on (docs/runners.md); Beam also takes them in lower case and
+# without "Runner" (--runner flink).
+RUNNERS = (*LOCAL_RUNNERS, *FLINK_RUNNERS, *PUBSUB_RUNNERS)
+# What the summary calls each stage's failures.
+FAILED_AT = {
+    FAILED_READ: "could not be read",
+    FAILED_DECODE: "could not be decoded",
+    FAILED_INFERENCE: "failed in inference",
+}
 # A Kafka job's checkpoints: its consumer offsets are committed with each, and a restarted job
 # resumes from the last one.
 KAFKA_CHECKPOINT_MS = 10_000
@@ -103,10 +122,13 @@ PATH_FLAGS = (
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     """This pipeline's flags, checked (with a usable --help), and Beam's options."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m beam_ml_flink",
-        description="Classify images with a TorchScript model or an AOTInductor package on any "
-        "Apache Beam runner. Every Beam pipeline option (--runner, ...) is accepted as well.",
+        usage="%(prog)s --input IMAGES --output PREFIX --model_path MODEL [flags] "
+        "[Beam pipeline options]",
+        description="Classify images with a TorchScript model or an AOTInductor package in an "
+        "Apache Beam pipeline, on --runner DirectRunner (the default), PrismRunner, FlinkRunner "
+        "or PortableRunner. Every Beam pipeline option is accepted as well.",
     )
     ImageClassificationOptions._add_argparse_args(parser)
     FlinkStreamingOptions._add_argparse_args(parser)
@@ -159,7 +181,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             setattr(args, name, os.path.abspath(value))
     beam_argv = without_labels_flag(list(argv))
     standard = PipelineOptions(beam_argv).view_as(StandardOptions)
-    runner = (standard.runner or "DirectRunner").split(".")[-1]
+    runner = _runner(parser, standard.runner)
+    if standard.runner and standard.runner != runner:
+        beam_argv.append(f"--runner={runner}")  # the name the checks below and Beam both know
     if runner == "FlinkRunner" and not _given(beam_argv, "job_server_jvm_properties"):
         beam_argv += [f"--job_server_jvm_properties={flag}" for flag in JAVA_17_FLAGS]
     if is_pubsub(args.input_topic):
@@ -195,6 +219,22 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
                 "the models"
             )
     return args, PipelineOptions(beam_argv)
+
+
+def _runner(parser: argparse.ArgumentParser, given: str | None) -> str:
+    """The runner --runner names, as RUNNERS spells it; a usage error if it is none of them."""
+    if not given:
+        return "DirectRunner"
+    names = {runner.lower(): runner for runner in RUNNERS}
+    names |= {name.removesuffix("runner"): runner for name, runner in names.items()}
+    runner = names.get(given.split(".")[-1].lower())
+    if runner is None:
+        parser.error(
+            f"--runner {given} is not a runner this command runs on: use DirectRunner (the "
+            "default), PrismRunner, FlinkRunner or PortableRunner (DataflowRunner for Pub/Sub "
+            "input)"
+        )
+    return runner
 
 
 def _is_local(path: str) -> bool:
@@ -410,9 +450,18 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     finally:
         if reporter is not None:
             reporter.stop()
-    log_summary(result, time.perf_counter() - started, flink_master(options))
+    failed = log_summary(
+        result, time.perf_counter() - started, flink_master(options), failures_output(args)
+    )
     if args.show and args.output:
         print_results(args.output, args.show)
+    if args.fail_on_error and failed != 0:
+        # Unknown counts fail too: a script asked to be told of failures cannot be told "none".
+        logger.error(
+            "--fail_on_error: %s; exit status 1",
+            f"{failed} inputs failed" if failed else "the runner reported no counts of failures",
+        )
+        sys.exit(1)
     return result
 
 
@@ -518,14 +567,58 @@ def wait_or_cancel(
         signal.signal(signal.SIGTERM, previous)
 
 
-def log_summary(result: PipelineResult, seconds: float, flink_rest: str | None = None) -> None:
-    """Logs the handler's Beam metrics, where the runner reports them (or, for a job on a Flink
-    cluster whose job server returns none, where Flink has them)."""
+def log_summary(
+    result: PipelineResult,
+    seconds: float,
+    flink_rest: str | None = None,
+    failures_output: str | None = None,
+) -> int | None:
+    """Logs what became of every input, from the Beam counters of :mod:`beam_ml_flink.counts`
+    where the runner reports them (or, for a job on a Flink cluster whose job server returns
+    none, where Flink has them): images classified, failures by stage and where their reasons
+    are. Returns the number of failed inputs, or None where the runner reported no counts."""
+    totals = run_totals(result, flink_rest)
+    if totals is None:
+        logger.info(
+            "finished in %.1f s (the runner reported no metrics of the classification)", seconds
+        )
+        return None
+    classified = totals.get(CLASSIFIED, 0)
+    stages = failures_by_stage(totals)
+    failed = sum(stages.values())
+    by_stage = ", ".join(f"{n} {FAILED_AT[stage]}" for stage, n in stages.items() if n)
+    where = f"; the reasons are in {failures_output}" if failures_output else ""
+    if failed and not classified:
+        logger.warning(
+            "finished in %.1f s: every input failed (%s); no image was classified%s",
+            seconds,
+            by_stage,
+            where,
+        )
+        return failed
+    text = f"finished in {seconds:.1f} s: {classified} images classified, {failed} failed"
+    if failed:
+        text += f" ({by_stage})"
+    batch_count = totals.get("batch_size.count", 0)
+    if batch_count:
+        text += (
+            f"; {batch_count} batches of {totals.get('batch_size.sum', 0) / batch_count:.1f} "
+            f"images on average, {totals.get('batch_inference_ms.sum', 0) / batch_count:.0f} ms "
+            "of inference per batch on average"
+        )
+    logger.info("%s%s", text, where if failed else "")
+    return failed
+
+
+def run_totals(result: PipelineResult, flink_rest: str | None = None) -> dict[str, int] | None:
+    """The counters of METRICS_NAMESPACE summed over the job's steps (distributions as NAME.count
+    and NAME.sum), from the runner, else from the Flink cluster's accumulators; None where
+    neither reports any."""
     try:
         metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except Exception as e:  # noqa: BLE001 - some runners do not report metrics
-        logger.info("finished in %.1f s (the runner reported no metrics: %s)", seconds, e)
-        return
+        logger.info("the runner reported no metrics: %s", e)
+        metrics = {"counters": [], "distributions": []}
     totals: dict[str, int] = {}
     for counter in metrics["counters"]:
         name = counter.key.metric.name
@@ -539,25 +632,15 @@ def log_summary(result: PipelineResult, seconds: float, flink_rest: str | None =
     if not totals and flink_rest and job_id:
         with contextlib.suppress(OSError, ValueError, KeyError):
             totals = flink_job_metrics(flink_rest, job_id.rsplit("_", 1)[0], METRICS_NAMESPACE)
-    if not totals:
-        logger.info(
-            "finished in %.1f s (the runner reported no metrics of the classification)", seconds
-        )
-        return
-    classified = totals.get("images_classified", 0)
-    failed = totals.get("images_failed", 0)
-    batch_count = totals.get("batch_size.count", 0)
-    batch_ms = totals.get("batch_inference_ms.sum", 0)
-    logger.info(
-        "finished in %.1f s: %d images classified, %d failed in inference; %d batches of %.1f "
-        "images on average, %.0f ms of inference per batch on average",
-        seconds,
-        classified,
-        failed,
-        batch_count,
-        (classified + failed) / batch_count if batch_count else 0.0,
-        batch_ms / batch_count if batch_count else 0.0,
-    )
+    return totals or None
+
+
+def failures_output(args: argparse.Namespace) -> str:
+    """Where the run writes its failures, as the summary names them."""
+    if args.output_topic:
+        return f"the Kafka topic {args.failures_topic}"
+    suffix = ".parquet" if args.output_format == "parquet" else ".jsonl"
+    return f"{args.output}_{FAILURES}-*{suffix}"
 
 
 def print_results(output: str, limit: int) -> None:

@@ -1,9 +1,18 @@
-"""Parsers of command-line values that the commands share (argparse ``type=`` functions); each
-error names the value as typed."""
+"""What the commands share in parsing their flags: the parser (usage errors as two lines) and
+the parsers of values (argparse ``type=`` functions), whose errors name the value as typed."""
 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the usage errors of git and cargo: the error and a pointer to
+    ``--help`` (two lines, exit 2), not the whole usage above the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the flags.\n")
 
 
 def resize(text: str) -> int | tuple[int, int]:
@@ -28,7 +37,7 @@ def triple(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def seconds(text: str) -> float:

@@ -10,18 +10,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_ml_flink._core import Classification, ImageClassifier
-from beam_ml_flink.progress import COUNTS
+from beam_ml_flink.counts import (
+    CLASSIFIED,
+    COUNTS,
+    FAILED_DECODE,
+    FAILED_INFERENCE,
+    METRICS_NAMESPACE,
+    failure_stage,
+)
 from beam_ml_flink.streaming import ModelWatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-METRICS_NAMESPACE = "BeamML_BeamMLFlink"
 
 
 class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifier]):
@@ -103,7 +109,12 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self._model_path = str(model_path)
         self._device = normalize_device(device)
-        self._resize = tuple(resize) if isinstance(resize, (tuple, list)) else int(resize)
+        # A pair as given (the core checks it), or a side.
+        self._resize = (
+            cast("tuple[int, int]", tuple(resize))
+            if isinstance(resize, (tuple, list))
+            else int(resize)
+        )
         self._crop = int(crop)
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
@@ -215,15 +226,20 @@ class _Metrics:
     """Beam metrics of the handler, beside RunInference's own."""
 
     def __init__(self, namespace: str) -> None:
-        self.classified = Metrics.counter(namespace, "images_classified")
+        self.classified = Metrics.counter(namespace, CLASSIFIED)
         self.failed = Metrics.counter(namespace, "images_failed")
+        self.failed_decode = Metrics.counter(namespace, FAILED_DECODE)
+        self.failed_inference = Metrics.counter(namespace, FAILED_INFERENCE)
         self.batch_size = Metrics.distribution(namespace, "batch_size")
         self.batch_ms = Metrics.distribution(namespace, "batch_inference_ms")
 
     def update(self, results: Sequence[Classification], seconds: float) -> None:
-        failed = sum(1 for r in results if not r.ok)
+        stages = [failure_stage(r.error or "") for r in results if not r.ok]
+        failed = len(stages)
         self.classified.inc(len(results) - failed)
         self.failed.inc(failed)
+        self.failed_inference.inc(stages.count(FAILED_INFERENCE))
+        self.failed_decode.inc(failed - stages.count(FAILED_INFERENCE))
         COUNTS.add(len(results) - failed, failed)
         self.batch_size.update(len(results))
         self.batch_ms.update(round(seconds * 1000))

@@ -119,7 +119,7 @@ def quantize_int8(
         ) from e
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(program.module(), quantizer)  # type: ignore[arg-type]
+    prepared = prepare_pt2e(program.module(), quantizer)
     with torch.no_grad():
         for batch in calibration:
             prepared(torch.from_numpy(batch))
@@ -176,7 +176,7 @@ def calibration_batches(
     skipped. Raises CompileError when none decodes."""
     import beam_ml_flink as bmf
 
-    tensors = []
+    tensors: list[Any] = []
     for path in images:
         if len(tensors) == count:
             break
@@ -297,7 +297,7 @@ def input_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(
             f"--input_size takes a side (224) or height,width (224,224), got {text!r}"
         )
-    return sides  # type: ignore[return-value]
+    return sides
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -224,7 +224,7 @@ class ClassifyMessages(beam.PTransform):
         self._parse = ParseMessages(message_format)  # checks the format now, not on a worker
 
     @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
-    def expand(self, messages: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
+    def expand(self, messages: beam.PCollection) -> ClassifiedImages:
         parsed = messages | "ParseMessages" >> beam.ParDo(self._parse).with_outputs(
             FAILURES, main="images"
         )

@@ -115,7 +115,7 @@ class Collector:
             if record is None or record.error():
                 continue
             self.records.append(
-                Message(record.key(), record.value(), record.topic(), record.timestamp()[1])
+                Message(record.key(), record.value(), record.topic() or "", record.timestamp()[1])
             )
 
     def until_answered(

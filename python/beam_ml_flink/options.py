@@ -16,16 +16,52 @@ from beam_ml_flink.shards import INPUT_FORMATS
 # The original dataflow-ml-starter pipeline resizes to 224x224 with no crop.
 STATE_DICT_RESIZE = (224, 224)
 
+# The topics of the command's --help, in its order, each with what its flags are about.
+INPUT = "input"
+MODEL = "model"
+PREPROCESSING = "preprocessing"
+OUTPUT = "output"
+STREAMING = "streaming"
+MESSAGES = "Kafka and Pub/Sub"
+FLINK = "Flink"
+RUN = "the run"
+FLAG_GROUPS = {
+    INPUT: "What to classify: images, a list of them, or shards.",
+    MODEL: "The classifier and how it runs.",
+    PREPROCESSING: "How each image becomes the model's input (the model's recipe).",
+    OUTPUT: "Where the predictions and the failures go, and what they hold.",
+    STREAMING: "With --streaming, the --input folder or glob is watched for new images.",
+    MESSAGES: "Messages in (--input_topic, --input_subscription) instead of --input; records out "
+    "(--output_topic) instead of files.",
+    FLINK: "Flink's own options for the job (Beam Java's FlinkPipelineOptions).",
+    RUN: "What the command tells and how it ends. Every Beam pipeline option (--runner, "
+    "--flink_master, ...) is accepted as well.",
+}
+
+
+def flag_group(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The parser's group of flags named `title` (one of FLAG_GROUPS). The first call makes
+    every group, so that --help lists them in FLAG_GROUPS' order whichever options class adds
+    its flags first."""
+    # argparse keeps its groups in this list and has no public way to find one by title.
+    groups = {group.title: group for group in parser._action_groups}
+    for name, description in FLAG_GROUPS.items():
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name, description)
+    return groups[title]
+
 
 def add_labels_flag(parser: argparse.ArgumentParser) -> None:
     """The CLI's ``--labels``, kept out of Beam's parser where it means Dataflow job labels."""
-    parser.add_argument("--labels", help="A text file with one class name per line.")
+    model = flag_group(parser, MODEL)
+    model.add_argument("--labels", help="A text file with one class name per line.")
 
 
 def add_bootstrap_servers_flag(parser: argparse.ArgumentParser) -> None:
     """The CLI's ``--bootstrap_servers``: Beam's KafkaStreamsRunnerOptions already declares it, so
     it is added to the CLI's parser alone (Beam's parser reads the same value)."""
-    parser.add_argument(
+    messages = flag_group(parser, MESSAGES)
+    messages.add_argument(
         "--bootstrap_servers",
         metavar="HOST:PORT",
         help="Kafka: the brokers of --input_topic and --output_topic.",
@@ -55,69 +91,84 @@ class ImageClassificationOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
+        images = flag_group(parser, INPUT)
+        model = flag_group(parser, MODEL)
+        preprocessing = flag_group(parser, PREPROCESSING)
+        results = flag_group(parser, OUTPUT)
+        streaming = flag_group(parser, STREAMING)
+        messages = flag_group(parser, MESSAGES)
+        run = flag_group(parser, RUN)
+        images.add_argument(
             "--input",
             help="A text file with one image path or URI per line, a folder or glob of image "
             "files, or shards: WebDataset tar files or Parquet files of image bytes, with brace "
             "ranges and globs ('shards/{00000..00009}.tar').",
         )
-        parser.add_argument(
+        images.add_argument(
             "--input_format",
             choices=INPUT_FORMATS,
             default="auto",
             help="auto (default): shards when --input ends in .tar, .tar.gz, .tgz or .parquet, "
             "else images or a list of them; list; webdataset; parquet.",
         )
-        parser.add_argument(
+        images.add_argument(
             "--image_column",
             default="jpg",
             help="Parquet shards: the column of encoded images (default jpg, as img2dataset).",
         )
-        parser.add_argument(
+        images.add_argument(
             "--id_column",
             default="key",
             help="Parquet shards: the column of sample ids (default key, as img2dataset); an "
             "image id is SHARD/ID, or SHARD/rowN where the shard has no such column.",
         )
-        parser.add_argument(
+        results.add_argument(
             "--output",
             help="Prefix of the output files: PREFIX-*.jsonl predictions, "
             "PREFIX_failures-*.jsonl failures (with --output_format csv, predictions go to "
             "exactly PREFIX).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--model_path",
             help="An image classifier: TorchScript, or an AOTInductor package (.pt2).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--model_state_dict_path",
             help="A torchvision state dict (the original pipeline's flag); needs --model_name.",
         )
-        parser.add_argument(
+        model.add_argument(
             "--model_name", help="The torchvision architecture of --model_state_dict_path."
         )
-        parser.add_argument("--top_k", type=positive_int, default=5, help="Classes kept per image.")
-        parser.add_argument(
+        results.add_argument(
+            "--top_k", type=positive_int, default=5, help="Classes kept per image."
+        )
+        preprocessing.add_argument(
             "--resize",
             type=resize,
             default=None,
             help="Shorter side before a center crop (default 256), or height,width with no crop "
             "(default 224,224 with --model_state_dict_path, as the original pipeline).",
         )
-        parser.add_argument("--crop", type=positive_int, default=224, help="Center crop side.")
-        parser.add_argument("--mean", type=triple, default=IMAGENET_MEAN, help="Normalize mean.")
-        parser.add_argument("--std", type=triple, default=IMAGENET_STD, help="Normalize std.")
-        parser.add_argument(
+        preprocessing.add_argument(
+            "--crop", type=positive_int, default=224, help="Center crop side."
+        )
+        preprocessing.add_argument(
+            "--mean", type=triple, default=IMAGENET_MEAN, help="Normalize mean."
+        )
+        preprocessing.add_argument(
+            "--std", type=triple, default=IMAGENET_STD, help="Normalize std."
+        )
+        model.add_argument(
             "--device", default="cpu", help="cpu, cuda or cuda:N (CPU and GPU also accepted)."
         )
-        parser.add_argument(
+        model.add_argument(
             "--batch_size", type=positive_int, default=32, help="Largest batch per model call."
         )
-        parser.add_argument(
+        images.add_argument(
             "--images_dir",
             help="A folder (or URI prefix) joined to relative names in the --input list.",
         )
-        parser.add_argument(
+        results.add_argument(
             "--output_format",
             choices=OUTPUT_FORMATS,
             default="json",
@@ -125,24 +176,24 @@ class ImageClassificationOptions(PipelineOptions):
             "parquet: typed columns (image, top_indices, top_labels, top_scores, model, "
             "metadata; failures: image, error).",
         )
-        parser.add_argument(
+        preprocessing.add_argument(
             "--draft",
             action="store_true",
             help="Decode JPEGs much larger than needed at a reduced DCT scale, like PIL's draft(): "
             "about 3x faster on camera-size photos; answers may differ slightly from the recipe.",
         )
-        parser.add_argument(
+        model.add_argument(
             "--no_optimize",
             action="store_true",
             help="Run the model as saved instead of frozen and optimized for inference.",
         )
-        parser.add_argument(
+        model.add_argument(
             "--forward_batch_size",
             type=positive_int,
             help="Most images per forward pass; a larger batch, once decoded, runs as several "
             "(default: 8 on the CPU, the whole batch on CUDA).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--precision",
             choices=("fp32", "fp16", "bf16"),
             default="fp32",
@@ -150,67 +201,67 @@ class ImageClassificationOptions(PipelineOptions):
             "(the CPU runs them too, usually slower).",
         )
         # With Beam's --streaming, --input (a folder or glob) is watched.
-        parser.add_argument(
+        streaming.add_argument(
             "--poll_interval",
             type=seconds,
             default=5.0,
             help="Streaming: seconds between two listings of the watched folders (default 5).",
         )
-        parser.add_argument(
+        streaming.add_argument(
             "--window_size",
             type=seconds,
             default=60.0,
             help="Streaming: seconds of arrival time per output window; a window's files are "
             "written when it closes (default 60).",
         )
-        parser.add_argument(
+        streaming.add_argument(
             "--stop_after",
             type=seconds,
             help="Streaming: stop watching after this many seconds; the job then writes its "
             "last windows and ends (default: run until interrupted). With --input_topic the job "
             "is cancelled then.",
         )
-        parser.add_argument(
+        streaming.add_argument(
             "--watch_models",
             metavar="GLOB",
             help="Streaming: a folder or glob of model files; a model file added there while "
             "the job runs replaces the model, and the predictions after it name it.",
         )
         # Kafka: messages in, records out (see beam_ml_flink.kafka).
-        parser.add_argument(
+        messages.add_argument(
             "--input_topic",
             help="Kafka: classify the messages of this topic (instead of --input); each key is "
             "an image's id, each value its URI or its bytes (--message_format).",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--input_subscription",
             help="Pub/Sub: classify the messages of this subscription (projects/P/subscriptions/"
             "S); --input_topic projects/P/topics/T reads a topic. Each message's data is an "
             "image's URI or bytes (--message_format), its id the `id` attribute.",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--consumer_group",
             default="beam-ml-flink",
             help="Kafka: the consumer group whose offsets the job commits at each checkpoint "
             "(default beam-ml-flink).",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--message_format",
             choices=MESSAGE_FORMATS,
             default="uri",
             help="Kafka: each message's value is an image's URI, read through Beam's "
             "FileSystems (default), or the encoded image's bytes.",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--output_topic",
             help="Kafka: predictions to this topic, keyed by the message's key (else to files "
             "starting with --output, per window).",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--failures_topic",
             help="Kafka: failures to this topic (default: OUTPUT_TOPIC-failures).",
         )
-        parser.add_argument(
+        messages.add_argument(
             "--expansion_service",
             metavar="HOST:PORT",
             default=f"localhost:{JAVA_EXPANSION_PORT}",
@@ -218,14 +269,14 @@ class ImageClassificationOptions(PipelineOptions):
             f"(default localhost:{JAVA_EXPANSION_PORT}, which `python -m "
             "beam_ml_flink.services --expansion-service` starts).",
         )
-        parser.add_argument(
+        results.add_argument(
             "--show",
             type=int,
             default=0,
             metavar="N",
             help="After the run, print a table of up to N results read back from the output.",
         )
-        parser.add_argument(
+        run.add_argument(
             "--progress_interval",
             type=seconds_or_zero,
             default=10.0,
@@ -233,7 +284,14 @@ class ImageClassificationOptions(PipelineOptions):
             help="Batch runs: a progress line every this many seconds (images done, failed, "
             "images/s, time left where the input count is known); 0 turns it off (default 10).",
         )
-        parser.add_argument(
+        run.add_argument(
+            "--fail_on_error",
+            action="store_true",
+            help="Exit with status 1 when any input failed (could not be read, decoded or "
+            "classified), after the run; without it a run whose inputs failed still exits 0, "
+            "its summary counting them.",
+        )
+        run.add_argument(
             "--verbose",
             action="store_true",
             help="Show every library's log messages (Beam's, Flink's), not only warnings that "
@@ -247,34 +305,35 @@ class FlinkStreamingOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
+        flink = flag_group(parser, FLINK)
+        flink.add_argument(
             "--checkpointing_interval",
             type=int,
             help="Flink: milliseconds between checkpoints (a Kafka job checkpoints every 10 s "
             "unless told otherwise; -1 turns checkpoints off).",
         )
-        parser.add_argument(
+        flink.add_argument(
             "--checkpointing_mode",
             choices=("EXACTLY_ONCE", "AT_LEAST_ONCE"),
             help="Flink: the checkpointing mode (Flink's default EXACTLY_ONCE).",
         )
-        parser.add_argument(
+        flink.add_argument(
             "--state_backend",
             choices=("filesystem", "rocksdb"),
             help="Flink: where Beam's state lives between checkpoints (with "
             "--state_backend_storage_path).",
         )
-        parser.add_argument(
+        flink.add_argument(
             "--state_backend_storage_path",
             metavar="URI",
             help="Flink: where checkpoints are stored, e.g. file:///tmp/checkpoints.",
         )
-        parser.add_argument(
+        flink.add_argument(
             "--max_bundle_size",
             type=int,
             help="Flink: most elements in a bundle (Beam's default 1000 when streaming).",
         )
-        parser.add_argument(
+        flink.add_argument(
             "--max_bundle_time_mills",
             type=int,
             help="Flink: most milliseconds a bundle stays open (Beam's default 1000 when "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -20,6 +20,7 @@ from apache_beam.typehints.decorators import no_annotations
 
 from beam_ml_flink._core import Classification
 from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.counts import FAILED_INFERENCE, FAILED_READ, count_failures
 
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
 MAX_FILE_BYTES = 1 << 30
@@ -33,7 +34,7 @@ class Prediction(NamedTuple):
 
     image: Any  # its key: the URI, or the message's MessageId
     classification: Classification
-    model: str  # the path of the model that classified it
+    model: str | None  # the path of the model that classified it
 
 
 class ClassifiedImages(NamedTuple):
@@ -77,7 +78,7 @@ class ReadImage(beam.DoFn):
 
 def _split_result(item: tuple[Any, PredictionResult]) -> Iterator[Any]:
     key, result = item
-    classification: Classification = result.inference
+    classification = cast(Classification, result.inference)
     if classification.ok:
         yield Prediction(key, classification, result.model_id)
     else:
@@ -86,6 +87,7 @@ def _split_result(item: tuple[Any, PredictionResult]) -> Iterator[Any]:
 
 def _failed_batch(bad: tuple[list[tuple[Any, bytes]], tuple[type, str, Any]]) -> Iterator[Any]:
     batch, (_, error, _) = bad
+    count_failures(FAILED_INFERENCE, len(batch))
     for key, _data in batch:
         yield key, f"{key}: the batch holding this image failed: {error}"
 
@@ -100,7 +102,7 @@ class ClassifyImageBytes(beam.PTransform):
         self._handler = handler
 
     @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
-    def expand(self, images: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
+    def expand(self, images: beam.PCollection) -> ClassifiedImages:
         results, dead = (
             images
             | "RunInference"
@@ -123,16 +125,26 @@ class ReadImages(beam.PTransform):
         self._max_bytes = max_bytes
 
     @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
-    def expand(self, uris: beam.PCollection) -> pvalue.DoOutputsTuple:  # type: ignore[override]
+    def expand(self, uris: beam.PCollection) -> pvalue.DoOutputsTuple:
         return uris | "ReadImage" >> beam.ParDo(ReadImage(self._max_bytes)).with_outputs(
             FAILURES, main="images"
         )
 
 
 def merge_failures(classified: ClassifiedImages, *more: beam.PCollection) -> ClassifiedImages:
-    """``classified`` with the failures of earlier steps (reading, parsing) added to its own."""
-    failures = (*more, classified.failures) | "AllFailures" >> beam.Flatten()
+    """``classified`` with the failures of earlier steps (reading, parsing) added to its own;
+    those are counted here as inputs that could not be read."""
+    counted = [
+        failures | f"CountReadFailures{i}" >> beam.Map(_counted, FAILED_READ)
+        for i, failures in enumerate(more)
+    ]
+    failures = (*counted, classified.failures) | "AllFailures" >> beam.Flatten()
     return ClassifiedImages(classified.predictions, failures)
+
+
+def _counted(failure: tuple[Any, str], stage: str) -> tuple[Any, str]:
+    count_failures(stage)
+    return failure
 
 
 class ClassifyImages(beam.PTransform):
@@ -148,7 +160,7 @@ class ClassifyImages(beam.PTransform):
         self._max_bytes = max_bytes
 
     @no_annotations  # a NamedTuple of PCollections, which Beam would warn about as a type hint
-    def expand(self, uris: beam.PCollection) -> ClassifiedImages:  # type: ignore[override]
+    def expand(self, uris: beam.PCollection) -> ClassifiedImages:
         read = (
             uris
             | "KeyByUri" >> beam.Map(lambda uri: (uri, uri))

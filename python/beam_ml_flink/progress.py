@@ -1,7 +1,7 @@
 """How far a batch run is: every few seconds a line with the images done, the failures, the rate
 and, where the input count is known, an estimate of the time left.
 
-The counts come from the handler in this process, where the SDK workers run in it (the
+The counts come from this process (its readers and handlers), where the SDK workers run in it (the
 DirectRunner, Prism, LOOPBACK on Flink), else from the runner's metrics where it reports them
 while the job runs. Where neither tells anything, no line is written: the summary at the end
 still is. (On Flink with EXTERNAL or DOCKER workers nothing is known while a batch job runs:
@@ -21,29 +21,10 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from beam_ml_flink.counts import CLASSIFIED, COUNTS, FAILURE_STAGES
+
 # A local list longer than this is not read through to count its images.
 COUNT_LIST_BYTES = 256 << 20
-
-
-class _Counts:
-    """Images classified and failed by the handlers of this process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._classified = 0
-        self._failed = 0
-
-    def add(self, classified: int, failed: int) -> None:
-        with self._lock:
-            self._classified += classified
-            self._failed += failed
-
-    def snapshot(self) -> tuple[int, int]:
-        with self._lock:
-            return self._classified, self._failed
-
-
-COUNTS = _Counts()
 
 
 def count_inputs(input: str) -> int | None:
@@ -107,11 +88,12 @@ class ProgressReporter(threading.Thread):
             metrics = self.result.metrics().query(MetricsFilter().with_namespace(self.namespace))
         except Exception:  # noqa: BLE001 - a runner without live metrics: no line
             return None
-        totals = {"images_classified": 0, "images_failed": 0}
+        totals = dict.fromkeys((CLASSIFIED, *FAILURE_STAGES), 0)
         for counter in metrics["counters"]:
             if counter.key.metric.name in totals:
                 totals[counter.key.metric.name] += counter.attempted or 0
-        classified, failed = totals["images_classified"], totals["images_failed"]
+        classified = totals.pop(CLASSIFIED)
+        failed = sum(totals.values())
         return (classified, failed) if classified + failed else None
 
     def line(self, classified: int, failed: int, now: float) -> str:

@@ -356,9 +356,7 @@ class ReadShards(beam.PTransform):
         self._read = ReadShard(input_format, image_column, id_column, max_bytes)
 
     @no_annotations  # a tuple of PCollections, which Beam would warn about as a type hint
-    def expand(  # type: ignore[override]
-        self, pipeline: pvalue.PBegin
-    ) -> tuple[beam.PCollection, beam.PCollection]:
+    def expand(self, pipeline: pvalue.PBegin) -> tuple[beam.PCollection, beam.PCollection]:
         read = (
             pipeline
             | "ShardPatterns" >> beam.Create(self._patterns)
