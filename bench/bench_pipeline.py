@@ -231,6 +231,7 @@ def ours_pipeline(
     runner: str,
     device: str,
     precision: str = "fp32",
+    resize: int | tuple[int, int] = 256,
 ) -> dict:
     import apache_beam as beam
 
@@ -245,6 +246,7 @@ def ours_pipeline(
         optimize=optimize,
         device=device,
         precision=precision,
+        resize=resize,
         min_batch_size=BATCH,
         max_batch_size=BATCH,
     )
