@@ -458,10 +458,22 @@ bench-core: init ## Preprocessing and classify speed against the PIL + torchvisi
 bench-rust: init build-tools ## criterion benches of the Rust stages: decode, resize, normalize, batch
 	PYTHONPATH=$(SITE_PACKAGES) cargo bench --locked --bench stages -- --warm-up-time 1 --measurement-time 4
 
+# The peers' packages (Ray Data, Daft) apart from the venv: only the peers' processes see them.
+PEERS_PACKAGES := build/peers-packages
+$(PEERS_PACKAGES)/.installed: bench/requirements-peers.txt | init
+	rm -rf $(PEERS_PACKAGES)
+	$(PY) -m pip install --quiet --target $(PEERS_PACKAGES) -r bench/requirements-peers.txt
+	touch $@
+
 .PHONY: bench
-bench: init flink $(JOB_SERVER_JAR) ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS), then bench-scale
+bench: init flink $(JOB_SERVER_JAR) $(PEERS_PACKAGES)/.installed ## The pipeline against Beam's stock PyTorch path and the bare model (BENCH_ARGS), then bench-scale and bench-peers
 	$(SERVICES) --flink-conf data/flink-conf.yaml -- $(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 	$(PY) bench/bench_scale.py $(SCALE_ARGS)
+	$(PY) bench/bench_peers.py $(PEERS_ARGS)
+
+.PHONY: bench-peers
+bench-peers: init $(PEERS_PACKAGES)/.installed ## Ours against a PyTorch DataLoader script, Ray Data, Daft and the stock Beam path, whole processes (PEERS_ARGS)
+	$(PY) bench/bench_peers.py $(PEERS_ARGS)
 
 .PHONY: bench-scale
 bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 TaskManagers, photos as files and as shards (SCALE_ARGS)
