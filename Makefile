@@ -306,8 +306,8 @@ container-engine: ## Use the Docker engine that answers, or install and configur
 		sed 's|^\[containers\]$$|[containers]\nvolumes = ["$(CURDIR):$(CURDIR)"]|' data/container/containers.conf > $(CONTAINERS_CONF); \
 		echo "podman answers as docker (CONTAINERS_CONF=$(CONTAINERS_CONF))"; fi
 
-.PHONY: container-bases
-container-bases: container-engine ## Make the base images without Docker Hub (debootstrap, go install), once
+.PHONY: container-debian
+container-debian: container-engine ## Make the Debian base image by debootstrap, once
 	@$(WITH_ENGINE) podman image exists $(DEBIAN_IMAGE) || { \
 		rm -rf $(ENGINE_DIR)/rootfs; \
 		debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
@@ -317,6 +317,9 @@ container-bases: container-engine ## Make the base images without Docker Hub (de
 		printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > $(ENGINE_DIR)/rootfs/etc/pip.conf; \
 		tar -C $(ENGINE_DIR)/rootfs -c . | $(WITH_ENGINE) podman import - $(DEBIAN_IMAGE); \
 		rm -rf $(ENGINE_DIR)/rootfs; }
+
+.PHONY: container-bases
+container-bases: container-debian ## Make the base images without Docker Hub (debootstrap, go install), once
 	@$(WITH_ENGINE) podman image exists $(SDK_BASE_IMAGE) || { \
 		mkdir -p $(ENGINE_DIR)/sdk; \
 		GOBIN=$(abspath $(ENGINE_DIR)/sdk) go install github.com/apache/beam/sdks/v2/python/container@v$(IMAGE_BEAM_VERSION); \
@@ -327,6 +330,33 @@ container-bases: container-engine ## Make the base images without Docker Hub (de
 	@$(WITH_ENGINE) podman image exists $(BUILDER_BASE_IMAGE) || \
 		$(WITH_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
 			-f data/container/builder-base.Dockerfile --tag $(BUILDER_BASE_IMAGE) data/container
+
+# Flink and Beam's job server in containers, for a cluster whose machines share nothing (make
+# test-cluster): both on a Java base made here from the Debian one, Flink from the distribution in
+# build/ (make flink), the job server as make flink-job-server assembles it. Rebuilt when the
+# Dockerfile or what it copies changes (podman's layer cache), the Java base once.
+# Built and run with the engine's plain settings: the mount of this folder that WITH_ENGINE adds
+# would also leave its mount point in every image layer that a RUN made.
+PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(abspath data/container/containers.conf))
+JAVA_IMAGE := localhost/beam-ml-flink/java:17
+FLINK_IMAGE := localhost/beam-ml-flink/flink:$(FLINK_VERSION)
+JOB_SERVER_IMAGE := localhost/beam-ml-flink/flink-job-server:flink-$(FLINK_MINOR)
+
+.PHONY: container-java
+container-java: container-debian ## Make the Java 17 base image (Debian's headless JRE on the Debian base), once
+	@$(PLAIN_ENGINE) podman image exists $(JAVA_IMAGE) || \
+		$(PLAIN_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+			-f data/container/java-base.Dockerfile --tag $(JAVA_IMAGE) data/container
+
+.PHONY: docker-flink
+docker-flink: container-java $(FLINK_DIST)/.installed ## Build the Flink image (JobManager and TaskManagers) from the distribution in build/
+	$(PLAIN_ENGINE) podman build --quiet --build-arg JAVA_IMAGE=$(JAVA_IMAGE) \
+		-f data/container/flink.Dockerfile --tag $(FLINK_IMAGE) $(FLINK_DIST)/pyflink
+
+.PHONY: docker-job-server
+docker-job-server: container-java $(JOB_SERVER_JAR) ## Build the image of Beam's Flink job server from build/flink-job-server
+	$(PLAIN_ENGINE) podman build --quiet --build-arg JAVA_IMAGE=$(JAVA_IMAGE) \
+		-f data/container/flink-job-server.Dockerfile --tag $(JOB_SERVER_IMAGE) $(dir $(JOB_SERVER_JAR))
 
 .PHONY: docker-cpu
 docker-cpu: ## Build the CPU SDK worker image: from the public images with Docker, else from bases made here
@@ -392,6 +422,14 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 .PHONY: test-python
 test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink and Kafka tests start their own)
 	$(PY) -m pytest
+
+# TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
+# of this folder that DOCKER workers get: no container of this cluster sees the submitting machine.
+.PHONY: test-cluster
+test-cluster: $(VENV)/.deps docker-flink ## A Flink cluster in containers (JobManager, TASKMANAGERS TaskManager pods, one podman network): registered, sharing nothing, gone after
+	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) \
+		BMF_TASKMANAGERS=$(if $(filter command line environment,$(origin TASKMANAGERS)),$(TASKMANAGERS),2) \
+		$(PY) -m pytest tests/test_pod_cluster.py -v
 
 .PHONY: test-docker
 test-docker: init flink $(JOB_SERVER_JAR) docker-cpu ## Build the worker image, then run the photos and the hostile corpus through DOCKER workers on the local cluster

@@ -1,0 +1,318 @@
+"""A Flink cluster whose machines share nothing, in containers: a JobManager and N TaskManager pods
+on one podman network, each with its own filesystem and network namespace and no folder of this
+machine mounted, the layout of deploy/kubernetes/flink-deployment.yaml (a pod per TaskManager, so
+that an SDK worker pool beside it is at localhost). Only the JobManager's REST port is published,
+to this machine's loopback: what a client of a real cluster sees."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import yaml
+
+from beam_ml_flink.services.flink import DEFAULT_REST_PORT
+from beam_ml_flink.services.process import START_TIMEOUT_S, Service, ServiceError, check_ports_free
+
+# Every container, pod and network of a cluster carries this label with the cluster's name, so
+# that stopping it removes exactly what it made, whatever state a failed start left.
+CLUSTER_LABEL = "beam-ml-flink.cluster"
+# The JobManager's name on the cluster's network, as the TaskManagers and the job server reach it.
+JOBMANAGER_HOST = "jobmanager"
+PODMAN_TIMEOUT_S = 120.0
+
+
+def flink_deployment_properties(manifest: str | Path) -> dict[str, str]:
+    """The Flink configuration of a FlinkDeployment manifest (deploy/kubernetes/) as Flink
+    properties: its flinkConfiguration, and the JobManager's and TaskManagers' memory as
+    their process sizes, which is what the Flink Kubernetes Operator makes of them. A cluster in
+    containers started with these runs the TaskManagers the manifest describes."""
+    documents = [d for d in yaml.safe_load_all(Path(manifest).read_text()) if d]
+    deployments = [d for d in documents if d.get("kind") == "FlinkDeployment"]
+    if len(deployments) != 1:
+        raise ServiceError(
+            f"{manifest} holds {len(deployments)} FlinkDeployment documents; give a manifest "
+            "with exactly one"
+        )
+    spec = deployments[0]["spec"]
+    properties = {str(k): str(v) for k, v in (spec.get("flinkConfiguration") or {}).items()}
+    for role in ("jobManager", "taskManager"):
+        memory = ((spec.get(role) or {}).get("resource") or {}).get("memory")
+        if memory:
+            properties[f"{role.lower()}.memory.process.size"] = str(memory)
+    return properties
+
+
+def podman_missing() -> str | None:
+    """Why no cluster in containers can start here, or None when podman answers."""
+    if shutil.which("podman") is None:
+        return "podman is not installed: `make container-engine` installs podman and runc"
+    result = subprocess.run(["podman", "info"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return (
+            f"podman does not answer (`podman info` exited with {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}"
+        )
+    return None
+
+
+def image_exists(image: str) -> bool:
+    return (
+        subprocess.run(["podman", "image", "exists", image], check=False).returncode == 0
+        if shutil.which("podman")
+        else False
+    )
+
+
+def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            ["podman", *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=PODMAN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ServiceError(
+            f"`podman {' '.join(args[:3])} ...` did not finish within {PODMAN_TIMEOUT_S:.0f} s; "
+            "`podman ps -a` shows what the engine is doing"
+        ) from error
+    if check and result.returncode != 0:
+        raise ServiceError(
+            f"`podman {' '.join(args)}` failed with exit code {result.returncode}: "
+            f"{result.stderr.strip()[-2000:]}"
+        )
+    return result
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+class PodFlinkCluster(Service):
+    """A standalone Flink session cluster in containers of `image` (`make docker-flink`): a
+    JobManager container and `taskmanagers` TaskManager pods on a podman network of their own,
+    configured by `flink_properties` (Flink's keys; :func:`flink_deployment_properties` reads them
+    from the Kubernetes manifest). Flink's REST API is published at 127.0.0.1:`rest_port`
+    (:attr:`master`); nothing else of the cluster is reachable from this machine, and no folder of
+    this machine is visible in it. Leaving the context (also on an exception, Ctrl-C or SIGTERM)
+    removes every container, pod and network it made."""
+
+    def __init__(
+        self,
+        image: str,
+        taskmanagers: int = 2,
+        rest_port: int = DEFAULT_REST_PORT,
+        flink_properties: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
+        if taskmanagers < 1:
+            raise ServiceError(f"a cluster needs at least one TaskManager; got {taskmanagers}")
+        self.image = image
+        self.taskmanagers = taskmanagers
+        self.rest_port = rest_port
+        self.flink_properties = dict(flink_properties or {})
+        self.name = name or f"beam-ml-flink-{secrets.token_hex(4)}"
+        self.network = self.name
+        self.jobmanager = f"{self.name}-jobmanager"
+        self.slots = int(self.flink_properties.get("taskmanager.numberOfTaskSlots", "1"))
+        self._started = False
+        self._previous_sigterm: Any = None
+
+    @property
+    def master(self) -> str:
+        """The address a job server or `--flink_master` on this machine takes."""
+        return f"localhost:{self.rest_port}"
+
+    @property
+    def web_ui(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def parallelism(self) -> int:
+        return self.slots * self.taskmanagers
+
+    def taskmanager_pod(self, index: int) -> str:
+        return f"{self.name}-taskmanager-{index}"
+
+    def _label(self) -> list[str]:
+        return ["--label", f"{CLUSTER_LABEL}={self.name}"]
+
+    def _properties(self, **extra: str) -> list[str]:
+        properties = {
+            "jobmanager.rpc.address": JOBMANAGER_HOST,
+            "rest.address": JOBMANAGER_HOST,
+            "parallelism.default": str(self.parallelism),
+            **self.flink_properties,
+            **extra,
+        }
+        return [arg for key, value in properties.items() for arg in ("-D", f"{key}={value}")]
+
+    def start(self) -> None:
+        reason = podman_missing()
+        if reason:
+            raise ServiceError(reason)
+        if not image_exists(self.image):
+            raise ServiceError(f"there is no image {self.image}: `make docker-flink` builds it")
+        check_ports_free([self.rest_port], "Flink cluster in containers")
+        self._started = True
+        _podman("network", "create", *self._label(), self.network)
+        _podman(
+            "run", "--detach", "--name", self.jobmanager, *self._label(),
+            "--network", self.network, "--network-alias", JOBMANAGER_HOST,
+            "--publish", f"127.0.0.1:{self.rest_port}:8081",
+            self.image, "bin/jobmanager.sh", "start-foreground", *self._properties(),
+        )  # fmt: skip
+        for index in range(self.taskmanagers):
+            self.start_taskmanager(index)
+        for container in self.containers(infra=True):
+            self._check_no_host_mounts(container)
+        self._wait_until_ready()
+
+    def start_taskmanager(self, index: int) -> None:
+        """TaskManager `index` in a pod of its own, as on Kubernetes: the pod holds the network
+        namespace, which an SDK worker pool container beside it shares."""
+        pod = self.taskmanager_pod(index)
+        _podman(
+            "pod", "create", "--name", pod, *self._label(), "--network", self.network,
+            "--network-alias", pod, "--hostname", pod,
+        )  # fmt: skip
+        # The address the TaskManager gives the JobManager: the distribution's says localhost.
+        _podman(
+            "run", "--detach", "--pod", pod, "--name", f"{pod}-taskmanager", *self._label(),
+            self.image, "bin/taskmanager.sh", "start-foreground",
+            *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": pod}),
+        )  # fmt: skip
+
+    def _check_no_host_mounts(self, container: str) -> None:
+        # An engine configured to mount a folder into every container (the `volumes` of a
+        # containers.conf, as DOCKER workers on one machine use) would break "share nothing".
+        mounts = json.loads(_podman("inspect", "--format", "{{json .Mounts}}", container).stdout)
+        binds = [m.get("Source") for m in mounts or [] if m.get("Type") == "bind"]
+        if binds:
+            raise ServiceError(
+                f"the container {container} has folders of this machine mounted ({binds}): the "
+                "container engine's configuration adds them (the `volumes` of the containers.conf "
+                "that CONTAINERS_CONF names); start the cluster with one that mounts nothing, such "
+                "as data/container/containers.conf"
+            )
+
+    def containers(self, infra: bool = False) -> list[str]:
+        """The names of the cluster's containers; with `infra`, the pods' infrastructure
+        containers (which hold a pod's namespaces and run nothing of ours) too."""
+        listed = self._listed("ps", "--all", "--format", "{{.Names}}/{{.IsInfra}}")
+        return [n for n, is_infra in (c.split("/") for c in listed) if infra or is_infra != "true"]
+
+    def pods(self) -> list[str]:
+        return self._listed("pod", "ps", "--format", "{{.Name}}")
+
+    def networks(self) -> list[str]:
+        return self._listed("network", "ls", "--format", "{{.Name}}")
+
+    def _listed(self, *command: str) -> list[str]:
+        result = _podman(*command, "--filter", f"label={CLUSTER_LABEL}={self.name}")
+        return sorted(line for line in result.stdout.split() if line)
+
+    def logs(self, container: str, lines: int = 30) -> str:
+        """The last `lines` of a container's output (Flink logs to the console in a container)."""
+        result = _podman("logs", "--tail", str(lines), container, check=False)
+        return result.stdout + result.stderr
+
+    def overview(self) -> dict[str, int]:
+        """The cluster's /overview from its REST API."""
+        with urllib.request.urlopen(f"{self.web_ui}/overview", timeout=5) as response:
+            overview: dict[str, int] = json.load(response)
+            return overview
+
+    def taskmanager_info(self) -> list[dict[str, Any]]:
+        """The registered TaskManagers, from the REST API's /taskmanagers."""
+        with urllib.request.urlopen(f"{self.web_ui}/taskmanagers", timeout=5) as response:
+            taskmanagers: list[dict[str, Any]] = json.load(response)["taskmanagers"]
+            return taskmanagers
+
+    def _wait_until_ready(self) -> None:
+        started = time.monotonic()
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                overview = self.overview()
+                if (
+                    overview.get("taskmanagers", 0) >= self.taskmanagers
+                    and overview.get("slots-available", 0) >= self.parallelism
+                ):
+                    return
+            exited = self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
+            if exited or time.monotonic() > started + START_TIMEOUT_S:
+                logs = "\n".join(f"--- {c}\n{self.logs(c)}" for c in self.containers())
+                what = f"{', '.join(exited)} exited" if exited else "it timed out"
+                raise ServiceError(
+                    f"the Flink cluster in containers {self.name} did not have {self.taskmanagers} "
+                    f"TaskManagers with {self.parallelism} free task slots on {self.web_ui}: "
+                    f"{what} after {time.monotonic() - started:.0f} s. The "
+                    f"containers' logs end with:\n{logs}"
+                )
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        # Pods first (their containers with them), then what is left, then the network.
+        pods = self.pods()
+        if pods:
+            _podman("pod", "rm", "--force", "--time", "10", *pods, check=False)
+        containers = self.containers(infra=True)
+        if containers:
+            _podman("rm", "--force", "--time", "10", *containers, check=False)
+        networks = self.networks()
+        if networks:
+            _podman("network", "rm", "--force", *networks, check=False)
+        left = self.containers(infra=True) + self.pods() + self.networks()
+        if left:
+            raise ServiceError(
+                f"the Flink cluster in containers {self.name} left {left} behind: remove them with "
+                f"`podman pod rm -f` / `podman rm -f` / `podman network rm`"
+            )
+        self._started = False
+
+    def __enter__(self) -> PodFlinkCluster:
+        # SIGTERM unwinds like Ctrl-C while the cluster runs, so that it is removed either way;
+        # only the main thread may set handlers, and a handler someone else set is left alone.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            super().__enter__()
+        except BaseException:
+            self._restore_sigterm()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
