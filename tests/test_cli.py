@@ -412,6 +412,22 @@ def test_help_groups_the_flags_by_topic() -> None:
     assert ungrouped.split() == ["-h,", "--help", "show", "this", "help", "message", "and", "exit"]
 
 
+@pytest.mark.parametrize("command", ["services", "compile", "messages"])
+def test_the_other_commands_give_usage_errors_the_same_way(command: str) -> None:
+    prog = f"python -m beam_ml_flink.{command}"
+    run = subprocess.run(
+        [sys.executable, "-m", f"beam_ml_flink.{command}", "--no_such_flag"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "usage:" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"{prog}: error: ")
+    assert lines[-1] == f"Run '{prog} --help' for the flags."
+
+
 def test_beam_still_parses_every_flag_of_the_options() -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 

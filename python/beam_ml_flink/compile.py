@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from beam_ml_flink.arguments import positive_int, resize, triple
+from beam_ml_flink.arguments import ArgumentParser, positive_int, resize, triple
 
 if TYPE_CHECKING:
     import torch
@@ -301,7 +301,7 @@ def input_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m beam_ml_flink.compile",
         description=(
             "Compile a model into an AOTInductor package (.pt2) with a dynamic batch dimension, "

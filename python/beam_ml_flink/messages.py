@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.kafka import MAX_MESSAGE_BYTES
 
 
@@ -179,7 +180,7 @@ def _stop(job: subprocess.Popen) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m beam_ml_flink.messages",
         description="Run a Kafka classification job, produce images to its input topic, and read "
         "its answers back into JSON lines files.",

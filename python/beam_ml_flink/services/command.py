@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, flink_conf_dir
 from beam_ml_flink.services.kafka import ExpansionService, KafkaBroker
 from beam_ml_flink.services.object_store import ObjectStore
@@ -35,7 +36,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def argument_parser() -> argparse.ArgumentParser:
     """The flags of `python -m beam_ml_flink.services`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m beam_ml_flink.services",
         description="Start local Flink and Kafka services, run a command, and stop the services "
         "afterwards (also when the command fails or is interrupted).",
