@@ -258,8 +258,9 @@ def main() -> None:
     make_models()
     photos = make_inputs()["256 photos 640x427"]
     treatments = args.treatments.split(",")
+    models = args.models.split(",")
     if "package" in treatments:
-        make_packages(photos)
+        make_packages(photos, models, kinds=("fp32",))
     sizes = sorted(int(s) for s in args.sizes.split(","))
     lists = {}
     for size in sizes:
@@ -268,7 +269,7 @@ def main() -> None:
     contenders = args.contenders.split(",")
 
     rows = []
-    for model_name in args.models.split(","):
+    for model_name in models:
         script_model, mean, std = MODELS[model_name]
         reference = None
         if model_name == "efficientnet_lite0":

@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -119,10 +120,12 @@ def make_models() -> None:
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), str(path))
 
 
-def make_packages(calibration: list[str]) -> None:
-    """fp32 and int8 packages of each model, compiled by beam_ml_flink.compile into the package
-    cache (reused when the model, options, torch and CPU are the same); int8 is calibrated on 64
-    of the photos with the model's own preprocessing."""
+def make_packages(
+    calibration: list[str], models: Sequence[str] = tuple(MODELS), kinds=("fp32", "int8")
+) -> None:
+    """fp32 and int8 packages of each model (or of those named), compiled by
+    beam_ml_flink.compile into the package cache (reused when the model, options, torch and CPU
+    are the same); int8 is calibrated on 64 of the photos with the model's own preprocessing."""
     cache = Path.home() / ".cache" / "beam_ml_flink" / "packages"
     listing = WORK / "calibration.txt"
     listing.write_text("".join(f"{p}\n" for p in calibration[:64]))
@@ -131,10 +134,11 @@ def make_packages(calibration: list[str]) -> None:
         "mobilenet_v2": ["--model_name", "mobilenet_v2", "--seed", "0"],
         "efficientnet_lite0": ["--factory", "make_demo:efficientnet_lite0"],
     }
-    for name, source in sources.items():
+    for name in models:
+        source = sources[name]
         _, mean, std = MODELS[name]
         PACKAGES[name] = {}
-        for kind in ("fp32", "int8"):
+        for kind in kinds:
             extra = ["--int8", "--calibration", str(listing)] if kind == "int8" else []
             norm = ["--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std))]
             made = subprocess.run(
