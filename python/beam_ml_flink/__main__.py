@@ -74,7 +74,8 @@ from beam_ml_flink.pipeline import (
 from beam_ml_flink.progress import ProgressReporter, count_inputs
 from beam_ml_flink.pubsub import is_pubsub, read_pubsub
 from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs, flink_job_metrics
-from beam_ml_flink.shards import ReadShards, is_sharded, local_shard_paths
+from beam_ml_flink.shards import ReadShards, expand_patterns, is_sharded, local_shard_paths
+from beam_ml_flink.stores import StoreError, check_remote_input, check_stores
 from beam_ml_flink.streaming import Watch, watched_image_uris
 
 # The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
@@ -161,6 +162,15 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             parser.error("give either --model_path or --model_state_dict_path, not both")
     elif not args.model_path:
         parser.error("--model_path (TorchScript or an AOTInductor package) is required")
+    # Remote paths are read through Beam's filesystems with this command's options (the S3
+    # endpoint and keys); a store that does not answer, refuses the keys or lacks a bucket stops
+    # the command here, within seconds.
+    filesystem_options = PipelineOptions(without_labels_flag(list(argv)))
+    FileSystems.set_options(filesystem_options)
+    try:
+        check_stores([(name, getattr(args, name)) for name in PATH_FLAGS], filesystem_options)
+    except StoreError as e:
+        parser.error(str(e))
     model = args.model_path or args.model_state_dict_path
     for what, path in (("model", model), ("labels file", args.labels)):
         if path and not FileSystems.exists(path):
@@ -246,6 +256,9 @@ def _check_input(parser: argparse.ArgumentParser, input: str, streaming: bool) -
     glob that matches files (a watched glob may match nothing yet). A list that names no image
     is allowed, with a warning: it is almost always a mistake."""
     if not _is_local(input):
+        problem = None if streaming else check_remote_input(input)
+        if problem:
+            parser.error(problem)
         return
     if set("*?[") & set(input):
         if not streaming and not glob.glob(input):
@@ -275,6 +288,9 @@ def _check_shards(parser: argparse.ArgumentParser, input: str, streaming: bool) 
             "(--streaming watches a folder of images)"
         )
     if not _is_local(input):
+        problem = check_remote_input(input, expand_patterns(input))
+        if problem:
+            parser.error(problem)
         return
     found, missing = local_shard_paths(input)
     if missing:
@@ -376,6 +392,7 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     return ImageClassifierHandler(
         args.model_path or args.model_state_dict_path,
         model_name=args.model_name if args.model_state_dict_path else None,
+        model_sha256=args.model_sha256,
         device=args.device,
         resize=resize,
         crop=args.crop,
@@ -406,8 +423,8 @@ def check_model(args: argparse.Namespace, options: PipelineOptions) -> None:
             f"python -m beam_ml_flink: error: {flag} {model} is a directory; give the model file\n"
         )
         sys.exit(2)
-    if not os.path.isfile(model):
-        return  # a remote URI: the workers read it
+    if _is_local(model) and not os.path.isfile(model):
+        return
     device = args.device if _workers_here(options) else "cpu"
     try:
         handler_for(argparse.Namespace(**{**vars(args), "device": device})).load_model()

@@ -68,3 +68,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def sha256_digest(text: str) -> str:
+    digest = text.strip().lower()
+    if len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+        raise argparse.ArgumentTypeError(
+            "expected a SHA-256 digest, 64 hexadecimal digits as sha256sum prints them, "
+            f"got {text!r}"
+        )
+    return digest

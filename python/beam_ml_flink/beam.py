@@ -7,6 +7,7 @@ Use it keyed by image URI so every result names its image::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from typing import Any, cast
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_ml_flink._core import Classification, ImageClassifier
+from beam_ml_flink._core import Classification, ImageClassifier, ModelLoadError
 from beam_ml_flink.counts import (
     CLASSIFIED,
     COUNTS,
@@ -41,7 +42,13 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
     Args:
         model_path: A TorchScript file (``torch.jit.save``) or an AOTInductor package (``.pt2``,
             see ``python -m beam_ml_flink.compile``) returning [N, classes] logits; or, with
-            ``model_name``, a torchvision state dict.
+            ``model_name``, a torchvision state dict. A path or a URI of any Beam filesystem
+            (``s3://``, ``gs://``, where its extra is installed): a remote model is copied to a
+            local file once, and again when the object changes.
+        model_sha256: The SHA-256 of the ``model_path`` file (64 hex digits, as ``sha256sum``
+            prints it). A model holds code that is run (a package holds a shared library), so a
+            model fetched from a store can be pinned: the local copy is checked before any of it
+            is loaded, and a file with another digest raises ``ModelLoadError`` naming both.
         device: 'cpu', 'cuda' or 'cuda:N' ('GPU' is accepted for 'cuda').
         resize: The shorter side after resizing (then a center crop of ``crop``), or
             (height, width) to resize to exactly with no crop.
@@ -86,6 +93,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         labels: str | Sequence[str] | None = None,
         top_k: int = 5,
         model_name: str | None = None,
+        model_sha256: str | None = None,
         draft: bool = False,
         optimize: bool = True,
         forward_batch_size: int | None = None,
@@ -121,6 +129,7 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         self._labels = labels if labels is None or isinstance(labels, str) else list(labels)
         self._top_k = top_k
         self._model_name = model_name
+        self._model_sha256 = _sha256_pin(model_sha256)
         self._draft = draft
         self._optimize = optimize
         self._forward_batch_size = forward_batch_size
@@ -137,16 +146,22 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         return {**self.__dict__, "_model_watch": None, "_metrics": None}
 
     def load_model(self) -> ImageClassifier:
-        """Loads the model (tracing a torchvision state dict first when ``model_name`` is set)."""
-        return self._load(self._model_path)
+        """Loads the model (tracing a torchvision state dict first when ``model_name`` is set),
+        after checking its digest when ``model_sha256`` pins it."""
+        return self._load(self._model_path, self._model_sha256)
 
-    def _load(self, model_path: str) -> ImageClassifier:
+    def _load(self, model_path: str, sha256: str | None = None) -> ImageClassifier:
+        local = _local_copy(model_path)
+        if sha256 is not None:
+            check_sha256(local, sha256, model_path)
         if self._model_name is not None:
             from beam_ml_flink.torchvision_models import trace_state_dict
 
-            model_path = trace_state_dict(self._model_name, model_path, self._input_size())
+            # Traced from the checked copy where the model is pinned: what was checked is loaded.
+            source = local if sha256 is not None else model_path
+            local = trace_state_dict(self._model_name, source, self._input_size())
         return ImageClassifier(
-            _local_copy(model_path),
+            local,
             device=self._device,
             resize=self._resize,
             crop=self._crop,
@@ -245,8 +260,41 @@ class _Metrics:
         self.batch_ms.update(round(seconds * 1000))
 
 
+def _sha256_pin(value: str | None) -> str | None:
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+        raise ValueError(
+            f"model_sha256 must be a SHA-256 digest, 64 hexadecimal digits as sha256sum prints "
+            f"them; got {value!r}"
+        )
+    return digest
+
+
+def check_sha256(local: str, expected: str, model_path: str) -> None:
+    """Raises ModelLoadError when the file ``local`` (the copy of ``model_path``) does not have the
+    SHA-256 digest ``expected``; the file is then removed, never loaded."""
+    import hashlib
+
+    with open(local, "rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if actual == expected:
+        return
+    if local != model_path:
+        # A copy that failed its check is not kept: the next load fetches the object again.
+        with contextlib.suppress(OSError):
+            os.remove(local)
+    raise ModelLoadError(
+        f"the model {model_path} is not the pinned one: expected sha256 {expected}, the file "
+        f"has {actual}; it was not loaded. If the model was replaced on purpose, pin its new "
+        "digest (sha256sum prints it); otherwise find out who changed it"
+    )
+
+
 def _local_copy(path: str) -> str:
-    """A local path for ``path``, copying it from a remote filesystem (gs://, ...) once."""
+    """A local path for ``path``, copying it from a remote filesystem (s3://, gs://, ...) once
+    per version of the object (its size and modification time)."""
     from apache_beam.io.filesystems import FileSystems
 
     if FileSystems.get_scheme(path) in (None, "file"):
@@ -254,7 +302,12 @@ def _local_copy(path: str) -> str:
     import hashlib
     import tempfile
 
-    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    try:
+        found = FileSystems.match([path])[0].metadata_list
+    except Exception:  # noqa: BLE001 - a missing object fails below, where it is opened
+        found = []
+    version = f"{found[0].size_in_bytes}:{found[0].last_updated_in_seconds}" if found else ""
+    digest = hashlib.sha256(f"{path}\0{version}".encode()).hexdigest()[:16]
     local = os.path.join(tempfile.gettempdir(), "beam_ml_flink", digest, os.path.basename(path))
     if not os.path.exists(local):
         os.makedirs(os.path.dirname(local), exist_ok=True)

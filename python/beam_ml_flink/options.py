@@ -6,7 +6,14 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_ml_flink.arguments import positive_int, resize, seconds, seconds_or_zero, triple
+from beam_ml_flink.arguments import (
+    positive_int,
+    resize,
+    seconds,
+    seconds_or_zero,
+    sha256_digest,
+    triple,
+)
 from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
 from beam_ml_flink.kafka import MESSAGE_FORMATS
 from beam_ml_flink.pipeline import OUTPUT_FORMATS
@@ -130,7 +137,14 @@ class ImageClassificationOptions(PipelineOptions):
         )
         model.add_argument(
             "--model_path",
-            help="An image classifier: TorchScript, or an AOTInductor package (.pt2).",
+            help="An image classifier: TorchScript, or an AOTInductor package (.pt2); a path or a "
+            "URI (s3://, gs://).",
+        )
+        parser.add_argument(
+            "--model_sha256",
+            type=sha256_digest,
+            help="The SHA-256 of the model file (sha256sum's digest): checked before the model is "
+            "loaded; a model with another digest is refused, never run.",
         )
         model.add_argument(
             "--model_state_dict_path",

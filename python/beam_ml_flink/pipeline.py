@@ -21,6 +21,7 @@ from apache_beam.typehints.decorators import no_annotations
 from beam_ml_flink._core import Classification
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.counts import FAILED_INFERENCE, FAILED_READ, count_failures
+from beam_ml_flink.stores import image_pattern
 
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
 MAX_FILE_BYTES = 1 << 30
@@ -173,9 +174,11 @@ class ClassifyImages(beam.PTransform):
 def image_uris(
     pipeline: beam.Pipeline, input: str, images_dir: str | None = None
 ) -> beam.PCollection:
-    """The image URIs to classify: a glob, a folder, or a text file with one path per line."""
+    """The image URIs to classify: a glob, a folder (a remote one ends with '/'), or a text file
+    with one path or URI per line."""
     if os.path.isdir(input):
         input = os.path.join(input, "*")
+    input = image_pattern(input)
     if _GLOB_CHARACTERS & set(input):
         return (
             pipeline

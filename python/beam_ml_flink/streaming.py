@@ -22,6 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
+from beam_ml_flink.stores import image_pattern
+
 logger = logging.getLogger(__name__)
 Model = TypeVar("Model")
 
@@ -38,8 +40,9 @@ class Watch(NamedTuple):
 
 
 def watched_pattern(input: str) -> str:
-    """The glob a streaming job watches: ``input`` itself, or every file of a folder."""
-    return os.path.join(input, "*") if os.path.isdir(input) else input
+    """The glob a streaming job watches: ``input`` itself, or every file of a folder (a remote
+    folder is a URI ending with '/')."""
+    return os.path.join(input, "*") if os.path.isdir(input) else image_pattern(input)
 
 
 def watched_image_uris(pipeline: beam.Pipeline, input: str, watch: Watch) -> beam.PCollection:
