@@ -2,19 +2,17 @@
 keyed by its id; each comes out as one record keyed by the same id, a prediction on the output
 topic or a failure with its reason on the failures topic.
 
-The reads and writes are Beam's KafkaIO (Java), expanded by a Java expansion service: its
-transforms run in the Flink JVM (EMBEDDED), so no Docker is needed (see
-``beam_ml_flink.services.ExpansionService``).
+The reads and writes are Beam's own ``ReadFromKafka`` and ``WriteToKafka``: KafkaIO (Java),
+expanded by a Java expansion service whose transforms run in the Flink JVM (EMBEDDED), so no
+Docker is needed (see ``beam_ml_flink.services.ExpansionService``).
 """
 
-import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-import numpy as np
 from apache_beam import pvalue
-from apache_beam.transforms.external import ExternalTransform, NamedTupleBasedPayloadBuilder
+from apache_beam.io.kafka import ReadFromKafka, WriteToKafka
 from apache_beam.typehints.decorators import no_annotations
 
 from beam_ml_flink.beam import ImageClassifierHandler
@@ -30,48 +28,15 @@ from beam_ml_flink.pipeline import (
 )
 
 MESSAGE_FORMATS = ("uri", "bytes")
-BYTE_ARRAY_DESERIALIZER = "org.apache.kafka.common.serialization.ByteArrayDeserializer"
-BYTE_ARRAY_SERIALIZER = "org.apache.kafka.common.serialization.ByteArraySerializer"
 # The newest larger message a default Kafka broker takes is 1 MB: images above that need the
 # broker's and the topic's message.max.bytes raised, or --message_format uri.
 MAX_MESSAGE_BYTES = 64 << 20
 
 
-# The configuration of KafkaIO's external read, field for field as Beam Java 2.62 (the Java side
-# served here) has it: Beam Python's own ReadFromKafka sends fields that 2.62 lacks
-# (dynamic_read_poll_interval_seconds, consumer_factory_fn_*), which its expansion refuses. Beam
-# infers the payload's schema from these annotations, evaluated: it knows typing.Optional, not
-# `int | None` (hence no `from __future__ import annotations` in this module).
-class _ReadConfig(typing.NamedTuple):
-    consumer_config: typing.Mapping[str, str]
-    topics: list[str]
-    key_deserializer: str
-    value_deserializer: str
-    start_read_time: typing.Optional[int]  # noqa: UP045
-    max_num_records: typing.Optional[int]  # noqa: UP045
-    max_read_time: typing.Optional[int]  # noqa: UP045
-    commit_offset_in_finalize: bool
-    timestamp_policy: str
-    consumer_polling_timeout: typing.Optional[int]  # noqa: UP045
-    redistribute: typing.Optional[bool]  # noqa: UP045
-    redistribute_num_keys: typing.Optional[np.int32]  # noqa: UP045
-    allow_duplicates: typing.Optional[bool]  # noqa: UP045
-
-
-# The configuration of KafkaIO's external write (Beam Java 2.62).
-class _WriteConfig(typing.NamedTuple):
-    producer_config: typing.Mapping[str, str]
-    topic: str
-    key_serializer: str
-    value_serializer: str
-
-
-class ReadMessages(ExternalTransform):
+class ReadMessages(ReadFromKafka):
     """The messages of ``topic`` as rows of (key, value, topic, partition, offset, timestamp, ...),
     each timestamped with its producer's create time. Offsets are committed to ``group`` when Flink
     finalizes a checkpoint, so a restarted job goes on where the last checkpoint was."""
-
-    URN = "beam:transform:org.apache.beam:kafka_read_with_metadata:v1"
 
     def __init__(
         self,
@@ -81,40 +46,24 @@ class ReadMessages(ExternalTransform):
         expansion_service: str,
         consumer_config: Mapping[str, str] | None = None,
     ) -> None:
-        config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "max.partition.fetch.bytes": str(MAX_MESSAGE_BYTES),
-            **(consumer_config or {}),
-        }
         super().__init__(
-            self.URN,
-            NamedTupleBasedPayloadBuilder(
-                _ReadConfig(
-                    consumer_config=config,
-                    topics=[topic],
-                    key_deserializer=BYTE_ARRAY_DESERIALIZER,
-                    value_deserializer=BYTE_ARRAY_DESERIALIZER,
-                    start_read_time=None,
-                    max_num_records=None,
-                    max_read_time=None,
-                    commit_offset_in_finalize=True,
-                    timestamp_policy="CreateTime",
-                    consumer_polling_timeout=None,
-                    redistribute=None,
-                    redistribute_num_keys=None,
-                    allow_duplicates=None,
-                )
-            ),
-            expansion_service,
+            consumer_config={
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "max.partition.fetch.bytes": str(MAX_MESSAGE_BYTES),
+                **(consumer_config or {}),
+            },
+            topics=[topic],
+            commit_offset_in_finalize=True,
+            timestamp_policy=ReadFromKafka.create_time_policy,
+            with_metadata=True,
+            expansion_service=expansion_service,
         )
 
 
-class WriteMessages(ExternalTransform):
+class WriteMessages(WriteToKafka):
     """(key, value) byte pairs to ``topic``."""
-
-    URN = "beam:transform:org.apache.beam:kafka_write:v1"
 
     def __init__(
         self,
@@ -123,22 +72,14 @@ class WriteMessages(ExternalTransform):
         expansion_service: str,
         producer_config: Mapping[str, str] | None = None,
     ) -> None:
-        config = {
-            "bootstrap.servers": bootstrap_servers,
-            "max.request.size": str(MAX_MESSAGE_BYTES),
-            **(producer_config or {}),
-        }
         super().__init__(
-            self.URN,
-            NamedTupleBasedPayloadBuilder(
-                _WriteConfig(
-                    producer_config=config,
-                    topic=topic,
-                    key_serializer=BYTE_ARRAY_SERIALIZER,
-                    value_serializer=BYTE_ARRAY_SERIALIZER,
-                )
-            ),
-            expansion_service,
+            producer_config={
+                "bootstrap.servers": bootstrap_servers,
+                "max.request.size": str(MAX_MESSAGE_BYTES),
+                **(producer_config or {}),
+            },
+            topic=topic,
+            expansion_service=expansion_service,
         )
 
 
