@@ -32,6 +32,7 @@ from test_shards import _reference_top1
 import beam_ml_flink as bmf
 from beam_ml_flink import services
 from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.progress import count_inputs
 from beam_ml_flink.services.process import port_open
 from beam_ml_flink.streaming import ModelWatch
 from conftest import (
@@ -130,6 +131,16 @@ def jsonl(files: dict[str, bytes]) -> list[dict[str, Any]]:
 
 def expected_top1(demo_top1: dict[str, int]) -> dict[str, int]:
     return {f"s3://images/photos/{name}": index for name, index in demo_top1.items()}
+
+
+@pytest.mark.usefixtures("store_environment")
+def test_progress_counts_the_inputs_in_the_store() -> None:
+    """The progress lines' input count: a list's entries, a prefix's and a glob's objects."""
+    photos = sorted(IMAGES.iterdir())
+    assert count_inputs("s3://images/list.txt") == len(photos) + 1
+    assert count_inputs("s3://images/photos/") == len(photos)
+    jpegs = [p for p in photos if p.suffix == ".jpg"]
+    assert count_inputs("s3://images/photos/*.jpg") == len(jpegs) > 0
 
 
 # The store as a service.

@@ -22,16 +22,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_ml_flink.counts import CLASSIFIED, COUNTS, FAILURE_STAGES
+from beam_ml_flink.stores import image_pattern, remote_matches
 
-# A local list longer than this is not read through to count its images.
+# A list longer than this is not read through to count its images.
 COUNT_LIST_BYTES = 256 << 20
 
 
 def count_inputs(input: str) -> int | None:
-    """How many images a local --input names: a list's entries, or the files a folder or glob
-    matches; None where that is not known cheaply (a remote URI, shards, a very long list)."""
+    """How many images an --input names: a list's entries, or the files (objects) a folder, glob
+    or prefix matches; None where that is not known cheaply (shards, a very long list)."""
     if FileSystems.get_scheme(input) not in (None, "file"):
-        return None
+        return _count_remote(input)
     if os.path.isdir(input):
         return sum(1 for p in os.scandir(input) if p.is_file())
     if set("*?[") & set(input):
@@ -43,6 +44,22 @@ def count_inputs(input: str) -> int | None:
             return sum(1 for line in f if line.strip() and not line.lstrip().startswith("#"))
     except OSError:
         return None
+
+
+def _count_remote(input: str) -> int | None:
+    """count_inputs of a remote --input (s3://...), as Beam's filesystem lists and reads it."""
+    pattern = image_pattern(input)
+    try:
+        if set("*?[") & set(pattern):
+            return remote_matches(pattern)
+        [found] = FileSystems.match([input])[0].metadata_list
+        if found.size_in_bytes > COUNT_LIST_BYTES:
+            return None
+        with FileSystems.open(input) as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except Exception:  # noqa: BLE001 - the count is a nicety; the run reports real errors
+        return None
+    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def _duration(seconds: float) -> str:
