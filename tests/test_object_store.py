@@ -432,6 +432,7 @@ def test_a_model_watch_on_a_prefix_of_the_store(
         ),
         ("bucket", "(s3://no-such-bucket, named by --output): the bucket no-such-bucket does not"),
         ("input", "--input s3://images/nothing-here/: no object matches this pattern"),
+        ("model", "the model s3://models/not-there.pt does not exist"),
     ],
 )
 def test_a_store_that_cannot_be_used_is_a_sentence(
@@ -442,7 +443,7 @@ def test_a_store_that_cannot_be_used_is_a_sentence(
     run = classify(
         "--input=" + ("s3://images/nothing-here/" if case == "input" else "s3://images/list.txt"),
         "--output=" + ("s3://no-such-bucket/r" if case == "bucket" else "s3://results/never/r"),
-        f"--model_path={MODEL_URI}",
+        "--model_path=" + ("s3://models/not-there.pt" if case == "model" else MODEL_URI),
         *flags(
             store,
             secret=wrong_key if case == "key" else SECRET,
