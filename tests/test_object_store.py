@@ -159,7 +159,8 @@ def test_the_store_answers_creates_buckets_and_stops(tmp_path: Path) -> None:
         with pytest.raises(services.ServiceError, match=f"port {port} is already in use"):
             services.ObjectStore(OBJECT_STORE_JAR, tmp_path / "second", port).start()
     assert not port_open(port)
-    assert "ERROR" not in (tmp_path / "s3proxy.log").read_text()
+    log = (tmp_path / "s3proxy.log").read_text()
+    assert "ERROR" not in log and store.secret_key not in log
 
 
 def test_the_services_stop_the_store_when_the_command_fails(tmp_path: Path) -> None:
@@ -412,6 +413,20 @@ def test_a_model_watch_on_a_prefix_of_the_store(
     expected = torch_top1(photos, flipped_model, mean=DEMO_MEAN, std=DEMO_STD)
     got = [c.top_k[0][0] for c in model.classify(list(photos.values()), 1)]
     assert got == list(expected.values())
+
+
+@pytest.mark.usefixtures("store_environment")
+def test_a_remote_model_is_fetched_again_when_the_object_changes(
+    store: services.ObjectStore, flipped_model: Path
+) -> None:
+    client = store.client()
+    pinned = {}
+    for model in (DEMO_MODEL, flipped_model):
+        client.upload_file(str(model), "models", "changing.pt")
+        handler = ImageClassifierHandler("s3://models/changing.pt", model_sha256=sha256(model))
+        # Loads only if the local copy is the object as it is now.
+        pinned[model.name] = handler.load_model()
+    assert len(pinned) == 2
 
 
 # A store that cannot be used is a sentence, within seconds.
