@@ -23,7 +23,7 @@ Per contender: whole-process images/s at each size (from the process's start to 
 counts for small jobs), steady images/s (what each image beyond the smallest size costs: the
 images between the smallest and the largest size over the difference of their whole-process
 medians), peak memory (the sum of the proportional set size, PSS, of the contender's process and
-every process it starts, sampled every 0.2 s), and on the pretrained EfficientNet-Lite0 the
+every process it starts, sampled every second), and on the pretrained EfficientNet-Lite0 the
 top-1 agreement with the PIL + torchvision recipe computed here (for squash contenders also with
 PIL's squash resize), which measures how far a resize that is not Pillow's drifts.
 
@@ -133,7 +133,9 @@ class TreeMemory(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(0.2):
+        # Once a second: a scan of /proc takes tens of milliseconds of a core that the contender
+        # would otherwise have.
+        while not self._done.wait(1.0):
             pids = _descendants(self.pid)
             self.seen.update((p, _started(p)) for p in pids if p not in self.seen)
             self.peak_mb = max(self.peak_mb, sum(_pss_mb(p) for p in pids))
