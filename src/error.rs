@@ -145,3 +145,33 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// libtorch's message without the C++ backtrace it appends, nor the TorchScript interpreter's
+/// traceback of the model's code: the error a user can act on, on one line.
+pub(crate) fn trim_libtorch_message(text: &str) -> String {
+    let text = text
+        .split("Exception raised from")
+        .next()
+        .unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("frame #"))
+        .collect();
+    // The TorchScript interpreter puts its own traceback of the model's code before the error
+    // ("RuntimeError: ..."): the error is what a user can act on.
+    let error = lines.iter().rposition(|l| {
+        l.split_once(": ")
+            .is_some_and(|(kind, _)| kind.ends_with("Error") && !kind.contains(' '))
+    });
+    let interpreter = lines
+        .first()
+        .is_some_and(|l| l.contains("TorchScript interpreter"));
+    let start = if interpreter { error.unwrap_or(0) } else { 0 };
+    lines[start..]
+        .iter()
+        .take(6)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+}

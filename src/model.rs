@@ -8,7 +8,7 @@ use std::str::FromStr;
 use tch::{Kind, TchError, Tensor};
 
 use crate::aoti::{archive_kind, ArchiveKind};
-use crate::error::{Error, Result};
+use crate::error::{trim_libtorch_message, Error, Result};
 use crate::package::{BatchSizes, Package};
 use crate::torchscript::{load_cuda_backend, to_cuda_pinned, LoadError, ScriptModule};
 
@@ -391,32 +391,4 @@ impl Model {
 /// libtorch's message without the C++ backtrace it appends.
 fn torch_reason(error: TchError) -> String {
     trim_libtorch_message(&error.to_string())
-}
-
-pub(crate) fn trim_libtorch_message(text: &str) -> String {
-    let text = text
-        .split("Exception raised from")
-        .next()
-        .unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("frame #"))
-        .collect();
-    // The TorchScript interpreter puts its own traceback of the model's code before the error
-    // ("RuntimeError: ..."): the error is what a user can act on.
-    let error = lines.iter().rposition(|l| {
-        l.split_once(": ")
-            .is_some_and(|(kind, _)| kind.ends_with("Error") && !kind.contains(' '))
-    });
-    let interpreter = lines
-        .first()
-        .is_some_and(|l| l.contains("TorchScript interpreter"));
-    let start = if interpreter { error.unwrap_or(0) } else { 0 };
-    lines[start..]
-        .iter()
-        .take(6)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use tch::Tensor;
 
 use crate::aoti::{package_metadata, LoadedPackage};
-use crate::model::trim_libtorch_message;
+use crate::error::trim_libtorch_message;
 
 /// Why a package cannot be used here, as a sentence with what to do.
 pub type Refusal = String;
