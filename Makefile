@@ -426,8 +426,10 @@ test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY
 # TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
 # of this folder that DOCKER workers get: no container of this cluster sees the submitting machine.
 .PHONY: test-cluster
-test-cluster: $(VENV)/.deps docker-flink ## A Flink cluster in containers (JobManager, TASKMANAGERS TaskManager pods, one podman network): registered, sharing nothing, gone after
-	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) \
+# The worker pool sidecar is the SDK base image (make container-bases) where no worker image is made.
+test-cluster: $(VENV)/.deps docker-flink docker-job-server ## A Flink cluster in containers (JobManager, TASKMANAGERS TaskManager pods, job server, one podman network): registered, sharing nothing, runs a pipeline, gone after
+	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) BMF_JOB_SERVER_IMAGE=$(JOB_SERVER_IMAGE) \
+		BMF_WORKER_IMAGE=$$(podman image exists $(LOCAL_IMAGE) && echo $(LOCAL_IMAGE) || echo $(SDK_BASE_IMAGE)) \
 		BMF_TASKMANAGERS=$(if $(filter command line environment,$(origin TASKMANAGERS)),$(TASKMANAGERS),2) \
 		$(PY) -m pytest tests/test_pod_cluster.py -v
 

@@ -22,14 +22,25 @@ from typing import Any
 
 import yaml
 
-from beam_ml_flink.services.flink import DEFAULT_REST_PORT
-from beam_ml_flink.services.process import START_TIMEOUT_S, Service, ServiceError, check_ports_free
+from beam_ml_flink.services.flink import ARTIFACT_PORT, DEFAULT_REST_PORT, EXPANSION_PORT, JOB_PORT
+from beam_ml_flink.services.process import (
+    START_TIMEOUT_S,
+    Service,
+    ServiceError,
+    check_ports_free,
+    port_open,
+)
 
 # Every container, pod and network of a cluster carries this label with the cluster's name, so
 # that stopping it removes exactly what it made, whatever state a failed start left.
 CLUSTER_LABEL = "beam-ml-flink.cluster"
 # The JobManager's name on the cluster's network, as the TaskManagers and the job server reach it.
 JOBMANAGER_HOST = "jobmanager"
+# Beam's SDK worker image started with --worker_pool serves workers on this port (boot.go); each
+# TaskManager reaches the one in its pod at localhost (deploy/kubernetes/flink-deployment.yaml).
+WORKER_POOL_ARGS = ("--worker_pool",)
+WORKER_POOL_CONTAINER_PORT = 50000
+JOB_SERVER_HOST = "job-server"
 PODMAN_TIMEOUT_S = 120.0
 
 
@@ -118,6 +129,10 @@ class PodFlinkCluster(Service):
         rest_port: int = DEFAULT_REST_PORT,
         flink_properties: Mapping[str, str] | None = None,
         name: str | None = None,
+        worker_image: str | None = None,
+        job_server_image: str | None = None,
+        job_server_ports: tuple[int, int, int] = (JOB_PORT, ARTIFACT_PORT, EXPANSION_PORT),
+        artifacts_dir: str | None = None,
     ):
         if taskmanagers < 1:
             raise ServiceError(f"a cluster needs at least one TaskManager; got {taskmanagers}")
@@ -129,6 +144,11 @@ class PodFlinkCluster(Service):
         self.network = self.name
         self.jobmanager = f"{self.name}-jobmanager"
         self.slots = int(self.flink_properties.get("taskmanager.numberOfTaskSlots", "1"))
+        self.worker_image = worker_image
+        self.job_server_image = job_server_image
+        self.job_server_ports = job_server_ports
+        self.artifacts_dir = artifacts_dir
+        self.job_server = f"{self.name}-job-server"
         self._started = False
         self._previous_sigterm: Any = None
 
@@ -136,6 +156,16 @@ class PodFlinkCluster(Service):
     def master(self) -> str:
         """The address a job server or `--flink_master` on this machine takes."""
         return f"localhost:{self.rest_port}"
+
+    @property
+    def job_endpoint(self) -> str:
+        """With a job server: what `--job_endpoint` of a PortableRunner on this machine takes."""
+        return f"localhost:{self.job_server_ports[0]}"
+
+    @property
+    def worker_pool_address(self) -> str:
+        """With a worker image: what `--environment_config` takes (EXTERNAL environments)."""
+        return f"localhost:{WORKER_POOL_CONTAINER_PORT}"
 
     @property
     def web_ui(self) -> str:
@@ -165,9 +195,15 @@ class PodFlinkCluster(Service):
         reason = podman_missing()
         if reason:
             raise ServiceError(reason)
-        if not image_exists(self.image):
-            raise ServiceError(f"there is no image {self.image}: `make docker-flink` builds it")
-        check_ports_free([self.rest_port], "Flink cluster in containers")
+        for image, target in (
+            (self.image, "docker-flink"),
+            (self.worker_image, "docker-cpu"),
+            (self.job_server_image, "docker-job-server"),
+        ):
+            if image and not image_exists(image):
+                raise ServiceError(f"there is no image {image}: `make {target}` builds it")
+        ports = [self.rest_port] + (list(self.job_server_ports) if self.job_server_image else [])
+        check_ports_free(ports, "Flink cluster in containers")
         self._started = True
         _podman("network", "create", *self._label(), self.network)
         _podman(
@@ -178,9 +214,53 @@ class PodFlinkCluster(Service):
         )  # fmt: skip
         for index in range(self.taskmanagers):
             self.start_taskmanager(index)
+        if self.job_server_image:
+            self.start_job_server()
         for container in self.containers(infra=True):
             self._check_no_host_mounts(container)
         self._wait_until_ready()
+        if self.job_server_image:
+            self._wait_for_job_server()
+
+    def start_job_server(self) -> None:
+        """Beam's Flink job server, submitting to the JobManager over the cluster network. Its
+        ports are published at the same numbers, because the job server tells the client its
+        artifact staging endpoint by its own port number."""
+        job, artifact, expansion = self.job_server_ports
+        args = [
+            f"--flink-master={JOBMANAGER_HOST}:8081",
+            "--job-host=0.0.0.0",
+            f"--job-port={job}",
+            f"--artifact-port={artifact}",
+            f"--expansion-port={expansion}",
+        ]
+        if self.artifacts_dir:
+            args.append(f"--artifacts-dir={self.artifacts_dir}")
+        publish = [
+            arg
+            for port in self.job_server_ports
+            for arg in ("--publish", f"127.0.0.1:{port}:{port}")
+        ]
+        _podman(
+            "run", "--detach", "--name", self.job_server, *self._label(),
+            "--network", self.network, "--network-alias", JOB_SERVER_HOST, *publish,
+            self.job_server_image or "", *args,
+        )  # fmt: skip
+
+    def _wait_for_job_server(self) -> None:
+        started = time.monotonic()
+        while True:
+            # Its published port refuses connections until the job server listens inside.
+            if port_open(self.job_server_ports[0]):
+                return
+            log = self.logs(self.job_server)
+            exited = self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
+            if self.job_server in exited or time.monotonic() > started + START_TIMEOUT_S:
+                raise ServiceError(
+                    f"Beam's job server {self.job_server} did not answer on {self.job_endpoint} "
+                    f"within {time.monotonic() - started:.0f} s; its log ends with:\n{log[-3000:]}"
+                )
+            time.sleep(1)
 
     def start_taskmanager(self, index: int) -> None:
         """TaskManager `index` in a pod of its own, as on Kubernetes: the pod holds the network
@@ -196,6 +276,11 @@ class PodFlinkCluster(Service):
             self.image, "bin/taskmanager.sh", "start-foreground",
             *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": pod}),
         )  # fmt: skip
+        if self.worker_image:
+            _podman(
+                "run", "--detach", "--pod", pod, "--name", f"{pod}-worker-pool", *self._label(),
+                self.worker_image, *WORKER_POOL_ARGS,
+            )  # fmt: skip
 
     def _check_no_host_mounts(self, container: str) -> None:
         # An engine configured to mount a folder into every container (the `volumes` of a
