@@ -21,7 +21,7 @@ from apache_beam.typehints.decorators import no_annotations
 from beam_ml_flink._core import Classification
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.counts import FAILED_INFERENCE, FAILED_READ, count_failures
-from beam_ml_flink.stores import image_pattern
+from beam_ml_flink.stores import image_pattern, scheme
 
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
 MAX_FILE_BYTES = 1 << 30
@@ -304,24 +304,31 @@ def write_results(classified: ClassifiedImages, output: str, output_format: str 
             )
         )
         return
+    # Beam's S3 uploader cannot write an empty object (it completes a multipart upload of no
+    # part, which S3 refuses: apache_beam/io/aws/s3io.py, S3Uploader.finish): on s3:// an empty
+    # text output (no failures, say) is left out instead of failing the run. Parquet files are
+    # never empty.
+    empty: dict[str, Any] = {"skip_if_empty": True} if scheme(output) == "s3" else {}
     if output_format == "csv":
         # Exactly ``output`` in batch, as the original pipeline; one file per window when streaming.
         one_file = "" if classified.predictions.is_bounded else None
         _ = (
             classified.predictions
             | "PredictionsCsv" >> beam.Map(prediction_csv)
-            | "WritePredictions" >> beam.io.WriteToText(output, shard_name_template=one_file)
+            | "WritePredictions"
+            >> beam.io.WriteToText(output, shard_name_template=one_file, **empty)
         )
     else:
         _ = (
             classified.predictions
             | "PredictionsJson" >> beam.Map(prediction_json)
-            | "WritePredictions" >> beam.io.WriteToText(output, file_name_suffix=".jsonl")
+            | "WritePredictions" >> beam.io.WriteToText(output, file_name_suffix=".jsonl", **empty)
         )
     _ = (
         classified.failures
         | "FailuresJson" >> beam.Map(failure_json)
-        | "WriteFailures" >> beam.io.WriteToText(f"{output}_{FAILURES}", file_name_suffix=".jsonl")
+        | "WriteFailures"
+        >> beam.io.WriteToText(f"{output}_{FAILURES}", file_name_suffix=".jsonl", **empty)
     )
 
 
