@@ -420,7 +420,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink and Kafka tests start their own)
+test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink, Kafka and object store tests start their own)
 	$(PY) -m pytest
 
 # TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
