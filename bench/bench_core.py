@@ -2,7 +2,8 @@
 
 Run by `make bench-core`. Per-image times are medians over repeated runs of a whole image set,
 on one core (torch and rayon limited to one thread) and on all cores; the markdown table goes to
-stdout and to bench/results/core.md.
+stdout and to bench/results/core.md. On the 640x427 photos, `preprocess` is also timed with each
+of Pillow's other filters (`interpolation=`), beside the PIL recipe with bicubic.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ IMAGES = ROOT / "data" / "images"
 MODEL = ROOT / "data" / "models" / "efficientnet_lite0.pt"
 MEAN = STD = (0.5, 0.5, 0.5)
 PHOTOS = ["china.jpg", "flower.jpg", "rocket.jpg"]  # real 640x427 JPEGs
+PHOTOS_SET = "640x427 JPEG"
+# Pillow's filters other than bilinear (the default, timed in every set).
+OTHER_FILTERS = ["nearest", "box", "hamming", "bicubic", "lanczos"]
 
 
 def image_sets() -> dict[str, list[bytes]]:
@@ -35,7 +39,7 @@ def image_sets() -> dict[str, list[bytes]]:
         image = Image.open(IMAGES / name).convert("RGB")
         image.resize((4032, 3024), Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
         big.append(out.getvalue())
-    return {"640x427 JPEG": photos, "4032x3024 JPEG": big * 2}
+    return {PHOTOS_SET: photos, "4032x3024 JPEG": big * 2}
 
 
 def median_ms_per_image(run, images: list[bytes], repeats: int) -> float:
@@ -48,7 +52,7 @@ def median_ms_per_image(run, images: list[bytes], repeats: int) -> float:
     return statistics.median(times)
 
 
-def preprocess_contenders() -> dict:
+def preprocess_contenders(set_name: str) -> dict:
     import torch
     from PIL import Image
     from torchvision import transforms
@@ -68,6 +72,18 @@ def preprocess_contenders() -> dict:
 
     def pil_recipe(images):
         return torch.stack([recipe(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+
+    bicubic_recipe = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            *recipe.transforms[1:],
+        ]
+    )
+
+    def pil_bicubic(images):
+        return torch.stack(
+            [bicubic_recipe(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
+        )
 
     def pil_draft(images):
         out = []
@@ -94,7 +110,7 @@ def preprocess_contenders() -> dict:
             ]
         )
 
-    return {
+    contenders = {
         "PIL + torchvision (the recipe)": pil_recipe,
         "PIL with draft() + torchvision": pil_draft,
         "torchvision.io + v2 transforms": torchvision_io,
@@ -103,6 +119,13 @@ def preprocess_contenders() -> dict:
         ),
         "beam-ml-flink preprocess": lambda images: bmf.preprocess(images, mean=MEAN, std=STD),
     }
+    if set_name == PHOTOS_SET:
+        contenders["PIL + torchvision, bicubic"] = pil_bicubic
+        for name in OTHER_FILTERS:
+            contenders[f"beam-ml-flink preprocess, {name}"] = lambda images, name=name: (
+                bmf.preprocess(images, mean=MEAN, std=STD, interpolation=name)
+            )
+    return contenders
 
 
 def measure_preprocess(repeats: int) -> dict:
@@ -111,7 +134,7 @@ def measure_preprocess(repeats: int) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count())))
     results = {}
     for set_name, images in image_sets().items():
-        for name, run in preprocess_contenders().items():
+        for name, run in preprocess_contenders(set_name).items():
             results[f"{set_name}|{name}"] = median_ms_per_image(run, images, repeats)
     return results
 
@@ -182,9 +205,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", choices=["preprocess", "classify"])
+    parser.add_argument(
+        "--preprocess-only",
+        action="store_true",
+        help="Time preprocessing on one core alone, print its table, write nothing.",
+    )
     args = parser.parse_args()
     if args.child == "preprocess":
         print(json.dumps(measure_preprocess(args.repeats)))
+        return
+    if args.preprocess_only:
+        one = child("preprocess", 1, args.repeats)
+        print("| images | preprocessing | ms per image, 1 core |\n|---|---|---:|")
+        for key, ms in one.items():
+            print("| {} | {} | {:.2f} |".format(*key.split("|"), ms))
         return
     if args.child == "classify":
         print(json.dumps(measure_classify(args.repeats)))

@@ -1,5 +1,6 @@
-//! The Rust stages one by one (criterion): decode, resize + crop + normalize, normalize alone,
-//! and a whole batch assembled in parallel. `make bench-rust` runs them; needs `make init`'s
+//! The Rust stages one by one (criterion): decode, resize + crop + normalize (with each of
+//! Pillow's filters on the 640x427 photo), normalize alone, and a whole batch assembled in
+//! parallel. `make bench-rust` runs them; needs `make init`'s
 //! sample photos.
 
 use std::io::Cursor;
@@ -7,6 +8,7 @@ use std::path::Path;
 
 use _core::batch::preprocess_batch;
 use _core::decode::{decode_rgb8, DecodeOptions};
+use _core::resample::Filter;
 use _core::transform::{PreprocessSpec, Resize};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use image::codecs::jpeg::JpegEncoder;
@@ -81,6 +83,14 @@ fn resize_crop_normalize(c: &mut Criterion) {
         let image = decode_rgb8(&bytes, &DecodeOptions::default()).unwrap();
         let mut out = vec![0.0f32; spec.image_len()];
         group.bench_function(name, |b| b.iter(|| spec.write(&image, &mut out).unwrap()));
+        if name.starts_with("640x427") {
+            for filter in Filter::ALL.into_iter().filter(|&f| f != Filter::Bilinear) {
+                let spec = spec.clone().with_filter(filter);
+                group.bench_function(format!("{name}, {filter}"), |b| {
+                    b.iter(|| spec.write(&image, &mut out).unwrap())
+                });
+            }
+        }
     }
     // Normalize alone: a 224x224 image written at 224x224, no resize to do.
     let exact = PreprocessSpec::new(

@@ -10,13 +10,14 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use crate::batch::preprocess_batch;
 use crate::classify::{read_labels, Classifier, Outcome};
 use crate::decode::{DecodeOptions, DEFAULT_MAX_PIXELS};
 use crate::error::Error as CoreError;
 use crate::model::{self, ModelOptions};
+use crate::resample::Filter;
 use crate::transform::{PreprocessSpec, Resize};
 
 create_exception!(
@@ -118,12 +119,30 @@ enum LabelsArg {
     Names(Vec<String>),
 }
 
-fn spec(resize: ResizeArg, crop: u32, mean: [f32; 3], std: [f32; 3]) -> PyResult<PreprocessSpec> {
-    let resize = match resize {
-        ResizeArg::Side(side) => Resize::ShorterSide(side),
-        ResizeArg::Exact((height, width)) => Resize::Exact { height, width },
+/// The recipe of `preprocess` and `ImageClassifier`: `resize` or `crop_pct` (not both; neither
+/// is `Resize(256)`), the crop, the normalization and the resize's filter.
+fn spec(
+    resize: Option<ResizeArg>,
+    crop: u32,
+    crop_pct: Option<f64>,
+    mean: [f32; 3],
+    std: [f32; 3],
+    interpolation: &str,
+) -> PyResult<PreprocessSpec> {
+    let filter: Filter = interpolation.parse()?;
+    let resize = match (resize, crop_pct) {
+        (Some(_), Some(_)) => {
+            return Err(PyValueError::new_err(
+                "give resize or crop_pct, not both: crop_pct sets the resized shorter side to \
+                 floor(crop / crop_pct)",
+            ))
+        }
+        (None, Some(crop_pct)) => Resize::for_crop_pct(crop, crop_pct)?,
+        (None, None) => Resize::ShorterSide(256),
+        (Some(ResizeArg::Side(side)), None) => Resize::ShorterSide(side),
+        (Some(ResizeArg::Exact((height, width))), None) => Resize::Exact { height, width },
     };
-    Ok(PreprocessSpec::new(resize, crop, mean, std)?)
+    Ok(PreprocessSpec::new(resize, crop, mean, std)?.with_filter(filter))
 }
 
 fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> DecodeOptions {
@@ -136,23 +155,27 @@ fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> Decode
 /// Decodes and preprocesses images into one float32 array `[N, 3, H, W]`.
 #[pyfunction]
 #[pyo3(signature = (
-    images, *, resize = ResizeArg::Side(256), crop = 224, mean = [0.485, 0.456, 0.406],
-    std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = false
-), text_signature = "(images, *, resize=256, crop=224, mean=(0.485, 0.456, 0.406), \
-    std=(0.229, 0.224, 0.225), max_pixels=178956970, draft=False)")]
+    images, *, resize = None, crop = 224, mean = [0.485, 0.456, 0.406],
+    std = [0.229, 0.224, 0.225], max_pixels = DEFAULT_MAX_PIXELS, draft = false,
+    interpolation = "bilinear", crop_pct = None
+), text_signature = "(images, *, resize=None, crop=224, mean=(0.485, 0.456, 0.406), \
+    std=(0.229, 0.224, 0.225), max_pixels=178956970, draft=False, interpolation='bilinear', \
+    crop_pct=None)")]
 #[allow(clippy::too_many_arguments)]
 fn preprocess<'py>(
     py: Python<'py>,
     images: &Bound<'py, PyAny>,
-    resize: ResizeArg,
+    resize: Option<ResizeArg>,
     crop: u32,
     mean: [f32; 3],
     std: [f32; 3],
     max_pixels: u64,
     draft: bool,
+    interpolation: &str,
+    crop_pct: Option<f64>,
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
     let images = image_list(images)?;
-    let spec = spec(resize, crop, mean, std)?;
+    let spec = spec(resize, crop, crop_pct, mean, std, interpolation)?;
     let decode = decode_options(&spec, max_pixels, draft);
     let batch = detached(py, || {
         preprocess_batch(&images, &spec, &decode).into_complete()
@@ -246,20 +269,21 @@ pub struct ImageClassifier {
 impl ImageClassifier {
     #[new]
     #[pyo3(signature = (
-        model_path, *, device = "cpu", resize = ResizeArg::Side(256), crop = 224,
+        model_path, *, device = "cpu", resize = None, crop = 224,
         mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
         max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
-        forward_batch_size = None, precision = "fp32"
-    ), text_signature = "(model_path, *, device='cpu', resize=256, crop=224, \
+        forward_batch_size = None, precision = "fp32", interpolation = "bilinear",
+        crop_pct = None
+    ), text_signature = "(model_path, *, device='cpu', resize=None, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
         max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None, \
-        precision='fp32')")]
+        precision='fp32', interpolation='bilinear', crop_pct=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_path: PathBuf,
         device: &str,
-        resize: ResizeArg,
+        resize: Option<ResizeArg>,
         crop: u32,
         mean: [f32; 3],
         std: [f32; 3],
@@ -269,13 +293,15 @@ impl ImageClassifier {
         optimize: bool,
         forward_batch_size: Option<usize>,
         precision: &str,
+        interpolation: &str,
+        crop_pct: Option<f64>,
     ) -> PyResult<Self> {
         let options = ModelOptions {
             device: device.parse()?,
             precision: precision.parse()?,
             optimize,
         };
-        let spec = spec(resize, crop, mean, std)?;
+        let spec = spec(resize, crop, crop_pct, mean, std, interpolation)?;
         let decode = decode_options(&spec, max_pixels, draft);
         let labels = match labels {
             None => None,
@@ -424,6 +450,10 @@ pub fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelLoadError", py.get_type::<ModelLoadError>())?;
     m.add("InferenceError", py.get_type::<InferenceError>())?;
     m.add("DEFAULT_MAX_PIXELS", DEFAULT_MAX_PIXELS)?;
+    m.add(
+        "INTERPOLATIONS",
+        PyTuple::new(py, Filter::ALL.map(Filter::name))?,
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,11 +1,146 @@
-//! Pillow's bilinear resize (`Image.resize(size, Image.BILINEAR)`, what torchvision's `Resize`
-//! runs on PIL images), bit for bit: the same filter taps, the same 22-bit fixed-point weights,
-//! a horizontal pass rounded to 8 bits, then a vertical pass (the other way round for very tall
-//! images, as Pillow 12's `Image.resize` does). A SIMD resizer such as
-//! fast_image_resize rounds its 16-bit weights differently and lands one level off on about one
-//! pixel in seven, which moves a model's logits by a tenth; here the pixels are the recipe's.
+//! Pillow's `Image.resize` (what torchvision's `Resize` runs on PIL images), bit for bit, with
+//! each of its filters. BOX, BILINEAR, HAMMING, BICUBIC and LANCZOS are one convolution with
+//! another kernel (libImaging/Resample.c): the same filter taps, the same 22-bit fixed-point
+//! weights, a horizontal pass rounded to 8 bits, then a vertical pass (the other way round for very
+//! tall images, as Pillow 12's `Image.resize` does). NEAREST is no convolution: Pillow samples the
+//! source at each output pixel's center (`ImagingScaleAffine`, libImaging/Geometry.c). A SIMD
+//! resizer such as fast_image_resize rounds its 16-bit weights differently and lands one level
+//! off on about one pixel in seven, which moves a model's logits by a tenth; here the pixels are
+//! the recipe's.
 
+use std::f64::consts::PI;
 use std::ops::Range;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// A resampling filter: Pillow's `Image.Resampling`, named as torchvision's `InterpolationMode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Filter {
+    /// The source pixel under each output pixel's center.
+    Nearest,
+    /// Every source pixel under the output pixel, weighed equally.
+    Box,
+    /// A triangle over 1 source pixel each side (widened when shrinking); the recipe's default.
+    #[default]
+    Bilinear,
+    /// A Hamming-windowed sinc over 1 source pixel each side.
+    Hamming,
+    /// Keys' cubic convolution with a = -0.5, over 2 source pixels each side.
+    Bicubic,
+    /// A Lanczos-windowed sinc over 3 source pixels each side.
+    Lanczos,
+}
+
+impl Filter {
+    /// Every filter, in the order the error message lists them.
+    pub const ALL: [Filter; 6] = [
+        Filter::Nearest,
+        Filter::Box,
+        Filter::Bilinear,
+        Filter::Hamming,
+        Filter::Bicubic,
+        Filter::Lanczos,
+    ];
+
+    /// The name a user writes: `"bicubic"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Nearest => "nearest",
+            Filter::Box => "box",
+            Filter::Bilinear => "bilinear",
+            Filter::Hamming => "hamming",
+            Filter::Bicubic => "bicubic",
+            Filter::Lanczos => "lanczos",
+        }
+    }
+}
+
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Filter {
+    type Err = Error;
+
+    /// A filter by name, in any case (`"BICUBIC"` as torchvision spells its modes).
+    fn from_str(text: &str) -> Result<Self, Error> {
+        Filter::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| {
+                let names: Vec<String> = Filter::ALL.iter().map(|f| format!("'{f}'")).collect();
+                let (last, rest) = names.split_last().expect("there are filters");
+                Error::InvalidArgument(format!(
+                    "interpolation must be {} or {last}, got '{text}'",
+                    rest.join(", ")
+                ))
+            })
+    }
+}
+
+// The kernels of Pillow's Resample.c, written as there: the same operations in the same order
+// give the same doubles, hence the same fixed-point weights.
+
+fn box_kernel(x: f64) -> f64 {
+    if x > -0.5 && x <= 0.5 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn bilinear_kernel(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+fn hamming_kernel(x: f64) -> f64 {
+    let x = x.abs();
+    if x == 0.0 {
+        return 1.0;
+    }
+    if x >= 1.0 {
+        return 0.0;
+    }
+    let x = x * PI;
+    // Pillow writes the window's constants as C floats (0.54f, 0.46f), widened to double.
+    x.sin() / x * (f64::from(0.54f32) + f64::from(0.46f32) * x.cos())
+}
+
+fn bicubic_kernel(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * PI;
+    x.sin() / x
+}
+
+fn lanczos_kernel(x: f64) -> f64 {
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
@@ -20,13 +155,34 @@ struct Taps {
 
 impl Taps {
     /// Pillow's `precompute_coeffs` and `normalize_coeffs_8bpc` for resizing `in_size` to
-    /// `out_size`, computed for the outputs in `outputs` only (each output's taps depend on its
-    /// index alone, so a crop of the output is the crop of the whole resize).
-    fn new(in_size: usize, out_size: usize, outputs: Range<usize>) -> Self {
+    /// `out_size` with `filter`, computed for the outputs in `outputs` only (each output's taps
+    /// depend on its index alone, so a crop of the output is the crop of the whole resize).
+    fn new(filter: Filter, in_size: usize, out_size: usize, outputs: Range<usize>) -> Self {
+        // One copy of the loop per kernel, each inlined: the kernel costs nothing per call.
+        match filter {
+            Filter::Box => Self::with_kernel(box_kernel, 0.5, in_size, out_size, outputs),
+            Filter::Hamming => Self::with_kernel(hamming_kernel, 1.0, in_size, out_size, outputs),
+            Filter::Bicubic => Self::with_kernel(bicubic_kernel, 2.0, in_size, out_size, outputs),
+            Filter::Lanczos => Self::with_kernel(lanczos_kernel, 3.0, in_size, out_size, outputs),
+            Filter::Bilinear => Self::with_kernel(bilinear_kernel, 1.0, in_size, out_size, outputs),
+            // `resize_rgb8` samples for NEAREST before any convolution.
+            Filter::Nearest => unreachable!("NEAREST is no convolution"),
+        }
+    }
+
+    /// `precompute_coeffs` for a kernel whose support is `support` source pixels at scale 1.
+    #[inline(always)]
+    fn with_kernel(
+        kernel: impl Fn(f64) -> f64,
+        support: f64,
+        in_size: usize,
+        out_size: usize,
+        outputs: Range<usize>,
+    ) -> Self {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
-        // The bilinear filter's support is 1 input pixel, widened when downscaling.
-        let support = filter_scale;
+        // The kernel's support is widened when downscaling.
+        let support = support * filter_scale;
         let stride = support.ceil() as usize * 2 + 1;
         // Pillow multiplies by the reciprocal: a division would round differently now and then.
         let inverse = 1.0 / filter_scale;
@@ -41,15 +197,20 @@ impl Taps {
             let count = end - first;
             let mut total = 0.0;
             for (x, w) in row.iter_mut().take(count).enumerate() {
-                let t = ((x + first) as f64 - center + 0.5) * inverse;
-                *w = (1.0 - t.abs()).max(0.0);
+                *w = kernel(((x + first) as f64 - center + 0.5) * inverse);
                 total += *w;
             }
             let fixed = &mut weights[slot * stride..slot * stride + count];
             for (w, f) in row.iter().zip(fixed) {
                 let w = if total != 0.0 { w / total } else { *w };
-                // Weights are never negative for bilinear: Pillow's rounding for w >= 0.
-                *f = (0.5 + w * f64::from(1u32 << PRECISION_BITS)) as i32;
+                // normalize_coeffs_8bpc rounds half away from zero (bicubic and lanczos have
+                // negative lobes).
+                let scaled = w * f64::from(1u32 << PRECISION_BITS);
+                *f = if w < 0.0 {
+                    (-0.5 + scaled) as i32
+                } else {
+                    (0.5 + scaled) as i32
+                };
             }
             bounds.push((first, count));
         }
@@ -99,23 +260,28 @@ fn clip8(sum: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Resizes the packed RGB8 `src` (`width` x `height`) to `out_width` x `out_height` as Pillow
-/// does, and returns the pixels of `cols` x `rows` of that result (a crop), packed RGB8.
+/// Resizes the packed RGB8 `src` (`width` x `height`) to `out_width` x `out_height` with
+/// `filter` as Pillow does, and returns the pixels of `cols` x `rows` of that result (a crop),
+/// packed RGB8.
 pub fn resize_rgb8(
     src: &[u8],
     width_height: (usize, usize),
     out_size: (usize, usize),
     cols: Range<usize>,
     rows: Range<usize>,
+    filter: Filter,
 ) -> Vec<u8> {
+    if filter == Filter::Nearest {
+        return nearest(src, width_height, out_size, cols, rows);
+    }
     // The passes multiply 32-bit integers, which x86-64's baseline (SSE2) cannot do in vector
     // registers; AVX2 can, where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { resize_avx2(src, width_height, out_size, cols, rows) };
+        return unsafe { resize_avx2(src, width_height, out_size, cols, rows, filter) };
     }
-    resize(src, width_height, out_size, cols, rows)
+    resize(src, width_height, out_size, cols, rows, filter)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -126,8 +292,9 @@ fn resize_avx2(
     out_size: (usize, usize),
     cols: Range<usize>,
     rows: Range<usize>,
+    filter: Filter,
 ) -> Vec<u8> {
-    resize(src, width_height, out_size, cols, rows)
+    resize(src, width_height, out_size, cols, rows, filter)
 }
 
 /// Pillow 12's `Image.resize` shrinks an image more than 100 times taller than wide in height
@@ -139,13 +306,84 @@ fn resize(
     (out_width, out_height): (usize, usize),
     cols: Range<usize>,
     rows: Range<usize>,
+    filter: Filter,
 ) -> Vec<u8> {
     if height > width * 100 && out_height < height {
         let kept = rows.len();
-        let narrow = passes(src, (width, height), (width, out_height), 0..width, rows);
-        return passes(&narrow, (width, kept), (out_width, kept), cols, 0..kept);
+        let narrow = passes(
+            src,
+            (width, height),
+            (width, out_height),
+            0..width,
+            rows,
+            filter,
+        );
+        return passes(
+            &narrow,
+            (width, kept),
+            (out_width, kept),
+            cols,
+            0..kept,
+            filter,
+        );
     }
-    passes(src, (width, height), (out_width, out_height), cols, rows)
+    passes(
+        src,
+        (width, height),
+        (out_width, out_height),
+        cols,
+        rows,
+        filter,
+    )
+}
+
+/// The source index of each output index in `outputs` along one axis, as Pillow's
+/// `ImagingScaleAffine` finds it for a NEAREST resize: the output centers `(i + 0.5) * scale`,
+/// accumulated by repeated addition as Pillow does (its rounding, not a product's), truncated;
+/// `None` where that lands outside the source (Pillow leaves such pixels 0).
+fn nearest_indices(in_size: usize, out_size: usize, outputs: Range<usize>) -> Vec<Option<usize>> {
+    let scale = in_size as f64 / out_size as f64;
+    let mut position = scale * 0.5;
+    let mut indices = Vec::with_capacity(outputs.len());
+    for out in 0..outputs.end {
+        if out >= outputs.start {
+            // Geometry.c's COORD: -1 below 0, else C's (int) cast.
+            let index = if position < 0.0 {
+                None
+            } else {
+                Some(position as usize)
+            };
+            indices.push(index.filter(|&i| i < in_size));
+        }
+        position += scale;
+    }
+    indices
+}
+
+/// Pillow's NEAREST resize (`_resize` in _imaging.c: an affine scale by `in / out` per axis,
+/// sampled by `ImagingScaleAffine`). Shrinking a very tall image in two calls picks the same
+/// pixels, each axis being sampled on its own, so there is one path.
+fn nearest(
+    src: &[u8],
+    (width, height): (usize, usize),
+    (out_width, out_height): (usize, usize),
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    debug_assert_eq!(src.len(), width * height * 3);
+    let xs = nearest_indices(width, out_width, cols);
+    let ys = nearest_indices(height, out_height, rows);
+    let mut out = vec![0u8; xs.len() * ys.len() * 3];
+    for (out_row, y) in out.chunks_exact_mut(xs.len() * 3).zip(ys) {
+        let Some(y) = y else { continue };
+        let in_row = &src[y * width * 3..(y + 1) * width * 3];
+        for (px, x) in out_row.chunks_exact_mut(3).zip(&xs) {
+            if let Some(x) = x {
+                px.copy_from_slice(&in_row[x * 3..x * 3 + 3]);
+            }
+        }
+    }
+    out
 }
 
 /// Pillow's resample: a horizontal pass where the width changes, then a vertical pass where the
@@ -157,9 +395,10 @@ fn passes(
     (out_width, out_height): (usize, usize),
     cols: Range<usize>,
     rows: Range<usize>,
+    filter: Filter,
 ) -> Vec<u8> {
     debug_assert_eq!(src.len(), width * height * 3);
-    let vertical = Taps::new(height, out_height, rows.clone());
+    let vertical = Taps::new(filter, height, out_height, rows.clone());
     // The source rows the vertical pass reads.
     let first_row = vertical.bounds.first().map_or(0, |b| b.0);
     let end_row = vertical.bounds.last().map_or(0, |b| b.0 + b.1);
@@ -169,7 +408,7 @@ fn passes(
     let out_cols = cols.len();
     let resized_band: Vec<u8>;
     let (band, band_width, col_offset) = if out_width != width {
-        resized_band = horizontal_pass(src, width, out_width, cols, first_row..end_row);
+        resized_band = horizontal_pass(src, width, out_width, cols, first_row..end_row, filter);
         (&resized_band[..], out_cols, 0)
     } else {
         let band = &src[first_row * width * 3..end_row * width * 3];
@@ -213,8 +452,10 @@ fn horizontal_pass(
     out_width: usize,
     cols: Range<usize>,
     src_rows: Range<usize>,
+    filter: Filter,
 ) -> Vec<u8> {
-    let (n, firsts, weights) = Taps::new(width, out_width, cols.clone()).fixed_windows(width);
+    let (n, firsts, weights) =
+        Taps::new(filter, width, out_width, cols.clone()).fixed_windows(width);
     let mut band = vec![0u8; src_rows.len() * cols.len() * 3];
     let lines = band
         .chunks_exact_mut(cols.len() * 3)
@@ -226,12 +467,15 @@ fn horizontal_pass(
                 out_row,
             )
         });
-    // Constant tap counts for the common downscales (up to 4x), which the compiler unrolls.
+    // Constant tap counts for the common downscales (bilinear up to 4x, bicubic up to 3x, lanczos
+    // up to 2x), which the compiler unrolls.
     match n {
         3 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 3, o)),
         5 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 5, o)),
         7 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 7, o)),
         9 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 9, o)),
+        11 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 11, o)),
+        13 => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, 13, o)),
         n => lines.for_each(|(i, o)| horizontal_row(i, &firsts, &weights, n, o)),
     }
     band

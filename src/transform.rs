@@ -1,11 +1,11 @@
 //! Resize, center crop and normalize one RGB8 image into its slot of an NCHW float32 buffer,
-//! with the arithmetic of torchvision's `Resize`, `CenterCrop`, `ToTensor` and `Normalize` on PIL
-//! images.
+//! with the arithmetic of torchvision's `Resize` (with any of Pillow's filters), `CenterCrop`,
+//! `ToTensor` and `Normalize` on PIL images.
 
 use image::RgbImage;
 
 use crate::error::{Error, Result};
-use crate::resample::resize_rgb8;
+use crate::resample::{resize_rgb8, Filter};
 
 /// How the decoded image is brought to the model's input size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,10 +21,34 @@ pub enum Resize {
     },
 }
 
+impl Resize {
+    /// timm's `crop_pct` recipe: the shorter side becomes `floor(crop / crop_pct)`, then a
+    /// center crop of `crop` (timm's `transforms_factory`: `scale_size = math.floor(img_size /
+    /// crop_pct)`).
+    pub fn for_crop_pct(crop: u32, crop_pct: f64) -> Result<Self> {
+        if !(crop_pct > 0.0 && crop_pct <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "crop_pct must be above 0 and at most 1 (the crop's share of the resized shorter \
+                 side, such as 0.875), got {crop_pct}"
+            )));
+        }
+        // Python's float division and math.floor, in f64 as Python computes them.
+        let side = (f64::from(crop) / crop_pct).floor();
+        if side > f64::from(u32::MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "crop_pct {crop_pct} makes the resized shorter side {side}, too large; \
+                 give a crop_pct nearer 1"
+            )));
+        }
+        Ok(Resize::ShorterSide(side as u32))
+    }
+}
+
 /// The whole preprocessing recipe, validated once and shared by every image of every batch.
 #[derive(Clone, Debug)]
 pub struct PreprocessSpec {
     resize: Resize,
+    filter: Filter,
     crop: u32,
     mean: [f32; 3],
     std: [f32; 3],
@@ -81,6 +105,7 @@ impl PreprocessSpec {
         }
         Ok(Self {
             resize,
+            filter: Filter::default(),
             crop,
             mean,
             std,
@@ -88,9 +113,19 @@ impl PreprocessSpec {
         })
     }
 
+    /// The same recipe resizing with `filter` (bilinear unless set).
+    pub fn with_filter(self, filter: Filter) -> Self {
+        Self { filter, ..self }
+    }
+
     /// The resize step.
     pub fn resize(&self) -> Resize {
         self.resize
+    }
+
+    /// The resize's filter.
+    pub fn filter(&self) -> Filter {
+        self.filter
     }
 
     /// The center-crop size (ignored for [`Resize::Exact`]).
@@ -164,6 +199,7 @@ impl PreprocessSpec {
             resized,
             cols,
             rows,
+            self.filter,
         );
         let plane = out_h * out_w;
         let (r, rest) = out.split_at_mut(plane);

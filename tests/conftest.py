@@ -39,12 +39,14 @@ def reference(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     exif_transpose: bool = False,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """The usual PyTorch recipe: PIL decode, Resize, CenterCrop, ToTensor, Normalize."""
+    """The usual PyTorch recipe: PIL decode, Resize (with torchvision's ``InterpolationMode``
+    of that name), CenterCrop, ToTensor, Normalize."""
     image = Image.open(io.BytesIO(data))
     if exif_transpose:
         image = ImageOps.exif_transpose(image)
-    steps = [transforms.Resize(resize)]
+    steps = [transforms.Resize(resize, interpolation=transforms.InterpolationMode(interpolation))]
     if isinstance(resize, int):
         steps.append(transforms.CenterCrop(crop))
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]

@@ -1,17 +1,24 @@
-"""bmf.preprocess against the PIL + torchvision recipe, on real photos in every format and mode."""
+"""bmf.preprocess against the PIL + torchvision recipe, on real photos in every format and mode,
+with every resize filter."""
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import beam_ml_flink as bmf
-from conftest import IMAGES, encode, levels, reference
+from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, encode, levels, reference
 
 PHOTO_NAMES = sorted(p.name for p in IMAGES.iterdir())
+# Pillow's filters by torchvision's InterpolationMode names; bilinear, the default, is what the
+# tests without an interpolation check.
+FILTERS = ["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"]
+OTHER_FILTERS = [f for f in FILTERS if f != "bilinear"]
 
 
 def ours(data: bytes, **options) -> np.ndarray:
@@ -36,6 +43,99 @@ def test_photos_match_the_recipe(name: str, resize, record_property) -> None:
     # The same decoder (libjpeg-turbo for JPEG) and Pillow's own resampling arithmetic: the
     # recipe's tensor exactly.
     assert diff.max() == 0, diff.max()
+
+
+@pytest.mark.parametrize("interpolation", OTHER_FILTERS)
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+@pytest.mark.parametrize("resize", [256, (224, 224)], ids=["resize256-crop224", "resize224x224"])
+def test_photos_match_the_recipe_with_every_filter(name: str, resize, interpolation: str) -> None:
+    data = (IMAGES / name).read_bytes()
+    diff = level_diff(data, resize=resize, interpolation=interpolation, draft=False)
+    assert diff.max() == 0, diff.max()
+
+
+@pytest.mark.parametrize("interpolation", FILTERS)
+@pytest.mark.parametrize(
+    ("size", "resize"),
+    [((120, 80), 256), ((57, 61), (300, 500)), ((640, 427), (427, 641))],
+    ids=["up-resize256", "up-exact", "up-one-column"],
+)
+def test_upscaling_matches_the_recipe_with_every_filter(
+    photo: Image.Image, size, resize, interpolation: str
+) -> None:
+    # Upscaling: the kernels at their own width, no widening; and a one-column stretch.
+    data = encode(photo.resize(size), "PNG")
+    assert level_diff(data, resize=resize, interpolation=interpolation, draft=False).max() == 0
+
+
+def test_the_filters_are_pillow_s_by_torchvision_s_names() -> None:
+    assert bmf._core.INTERPOLATIONS == tuple(FILTERS)
+    from torchvision.transforms import InterpolationMode
+
+    assert all(InterpolationMode(name) for name in FILTERS)
+
+
+def test_interpolation_is_read_in_any_case(photos: dict[str, bytes]) -> None:
+    data = photos["china.jpg"]
+    np.testing.assert_array_equal(
+        ours(data, interpolation="BICUBIC"), ours(data, interpolation="bicubic")
+    )
+    # The default is bilinear, and the filters do differ on a photo.
+    results = [ours(data, interpolation=f) for f in FILTERS]
+    np.testing.assert_array_equal(ours(data), results[FILTERS.index("bilinear")])
+    for i, a in enumerate(results):
+        for b in results[i + 1 :]:
+            assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    ("crop", "crop_pct"), [(224, 0.875), (224, 0.9), (224, 0.95), (224, 1.0), (288, 0.95)]
+)
+def test_crop_pct_is_timm_s_recipe(
+    photos: dict[str, bytes], crop: int, crop_pct: float, interpolation: str
+) -> None:
+    # timm's transforms_factory: Resize(math.floor(img_size / crop_pct), interpolation) and
+    # CenterCrop(img_size).
+    scale_size = math.floor(crop / crop_pct)
+    for name in ("china.jpg", "chelsea.png"):
+        data = photos[name]
+        expected = reference(data, resize=scale_size, crop=crop, interpolation=interpolation)
+        got = ours(data, crop=crop, crop_pct=crop_pct, interpolation=interpolation)
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
+def test_the_cli_s_interpolation_and_crop_pct_reach_the_model(
+    photos: dict[str, bytes], tmp_path
+) -> None:
+    """The handler the CLI builds, pickled as Beam ships it, feeds the model the bicubic,
+    crop_pct recipe's tensor: its logits are the model's own on the reference tensor, and not
+    those of the bilinear recipe."""
+    import torch
+
+    from beam_ml_flink.__main__ import handler_for, parse
+
+    recipe = ["--mean=" + ",".join(map(str, DEMO_MEAN)), "--std=" + ",".join(map(str, DEMO_STD))]
+    common = [f"--input={IMAGES}", f"--output={tmp_path / 'out'}", f"--model_path={DEMO_MODEL}"]
+    args, _ = parse([*common, *recipe, "--interpolation", "bicubic", "--crop_pct", "0.9"])
+    handler = pickle.loads(pickle.dumps(handler_for(args)))
+    data = photos["china.jpg"]
+    (got,) = handler.load_model().logits([data])
+
+    model = torch.jit.load(str(DEMO_MODEL)).eval()
+
+    def torch_logits(**recipe) -> np.ndarray:
+        batch = reference(data, mean=DEMO_MEAN, std=DEMO_STD, **recipe).unsqueeze(0)
+        with torch.no_grad():
+            return model(batch)[0].numpy()
+
+    bicubic = torch_logits(resize=math.floor(224 / 0.9), interpolation="bicubic")
+    bilinear = torch_logits(resize=math.floor(224 / 0.9))
+    # The optimized model's float rounding differs from eager's by far less than the recipes do.
+    np.testing.assert_allclose(got, bicubic, atol=2e-3)
+    assert np.abs(got - bilinear).max() > 10 * np.abs(got - bicubic).max()
+    args, _ = parse(common)
+    assert handler_for(args)._interpolation == "bilinear"
 
 
 def test_batch_is_the_stack_of_single_images(photos: dict[str, bytes]) -> None:
@@ -81,6 +181,7 @@ def _variants(photo: Image.Image) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.parametrize("interpolation", FILTERS)
 @pytest.mark.parametrize(
     "variant",
     [
@@ -89,20 +190,27 @@ def _variants(photo: Image.Image) -> dict[str, bytes]:
         "jpeg-progressive", "jpeg-cmyk", "tiny-1x1", "thin-10000x10",
     ],
 )  # fmt: skip
-def test_formats_and_modes_match_the_recipe(photo: Image.Image, variant: str) -> None:
+def test_formats_and_modes_match_the_recipe(
+    photo: Image.Image, variant: str, interpolation: str
+) -> None:
     # Lossy formats too: WebP, JPEG and the resampling all compute what Pillow computes.
-    assert level_diff(_variants(photo)[variant], draft=False).max() == 0
+    data = _variants(photo)[variant]
+    assert level_diff(data, interpolation=interpolation, draft=False).max() == 0
 
 
+@pytest.mark.parametrize("interpolation", FILTERS)
 @pytest.mark.parametrize(
     ("size", "resize"),
     [((2, 416), (379, 186)), ((3, 700), 256), ((5, 501), (224, 224)), ((2, 300), (320, 9))],
     ids=["tall-shrinking", "tall-growing-resize256", "just-over-100x-shrinking", "tall-growing"],
 )
-def test_very_tall_images_resize_in_pillow_s_order(photo: Image.Image, size, resize) -> None:
+def test_very_tall_images_resize_in_pillow_s_order(
+    photo: Image.Image, size, resize, interpolation: str
+) -> None:
     # Pillow shrinks an image over 100 times taller than wide in height first: other rounding.
     data = encode(photo.resize(size), "PNG")
-    np.testing.assert_array_equal(ours(data, resize=resize), reference(data, resize=resize).numpy())
+    options = dict(resize=resize, interpolation=interpolation)
+    np.testing.assert_array_equal(ours(data, **options), reference(data, **options).numpy())
 
 
 def _png16(rgb: np.ndarray) -> bytes:
@@ -221,6 +329,14 @@ def test_invalid_options_are_value_errors(photos: dict[str, bytes]) -> None:
         bmf.preprocess(data, resize=200)
     with pytest.raises(ValueError, match="std values must be finite and non-zero"):
         bmf.preprocess(data, std=(0.2, 0.0, 0.2))
+    choices = "'nearest', 'box', 'bilinear', 'hamming', 'bicubic' or 'lanczos'"
+    with pytest.raises(ValueError, match=f"^interpolation must be {choices}, got 'cubic'$"):
+        bmf.preprocess(data, interpolation="cubic")
+    for crop_pct in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="^crop_pct must be above 0 and at most 1"):
+            bmf.preprocess(data, crop_pct=crop_pct)
+    with pytest.raises(ValueError, match="^give resize or crop_pct, not both"):
+        bmf.preprocess(data, resize=256, crop_pct=0.875)
     with pytest.raises(TypeError, match="not a single bytes"):
         bmf.preprocess(photos["chelsea.png"])
     with pytest.raises(TypeError, match=r"images\[0\] must be bytes"):

@@ -387,7 +387,7 @@ def _given(argv: list[str], option: str) -> bool:
 def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     """The model handler the flags describe."""
     resize = args.resize
-    if resize is None:
+    if resize is None and args.crop_pct is None:
         resize = STATE_DICT_RESIZE if args.model_state_dict_path else 256
     return ImageClassifierHandler(
         args.model_path or args.model_state_dict_path,
@@ -396,6 +396,8 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         device=args.device,
         resize=resize,
         crop=args.crop,
+        interpolation=args.interpolation,
+        crop_pct=args.crop_pct,
         mean=args.mean,
         std=args.std,
         labels=args.labels,

@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "INTERPOLATIONS",
     "Classification",
     "DecodeError",
     "Error",
@@ -23,6 +24,9 @@ __all__ = [
 __version__: str
 DEFAULT_MAX_PIXELS: int
 """Pillow's decompression-bomb threshold: images with more pixels are refused from the header."""
+INTERPOLATIONS: tuple[str, ...]
+"""The resize filters ``interpolation=`` takes: Pillow's, named as torchvision's
+``InterpolationMode``: 'nearest', 'box', 'bilinear', 'hamming', 'bicubic', 'lanczos'."""
 
 _Image = bytes | bytearray | memoryview
 _Resize = int | tuple[int, int]
@@ -43,22 +47,25 @@ class InferenceError(Error):
 def preprocess(
     images: Iterable[_Image],
     *,
-    resize: _Resize = 256,
+    resize: _Resize | None = None,
     crop: int = 224,
     mean: _Triple = (0.485, 0.456, 0.406),
     std: _Triple = (0.229, 0.224, 0.225),
     max_pixels: int = ...,
     draft: bool = False,
+    interpolation: str = "bilinear",
+    crop_pct: float | None = None,
 ) -> npt.NDArray[np.float32]:
     """Decodes and preprocesses encoded images into one float32 array [N, 3, H, W].
 
-    The arithmetic is torchvision's on PIL images: ``Resize(resize)`` (antialiased bilinear),
-    ``CenterCrop(crop)``, ``ToTensor()``, ``Normalize(mean, std)``.
+    The arithmetic is torchvision's on PIL images: ``Resize(resize, interpolation)`` (Pillow's
+    resize with that filter, antialiased when shrinking), ``CenterCrop(crop)``, ``ToTensor()``,
+    ``Normalize(mean, std)``; the pixels are Pillow's, bit for bit, with every filter.
 
     Args:
         images: Encoded images (JPEG, PNG, WebP, GIF, BMP, TIFF) as bytes, bytearray or memoryview.
         resize: The shorter side after resizing, followed by a center crop; or (height, width)
-            to resize to exactly, with no crop.
+            to resize to exactly, with no crop. None: 256, or what ``crop_pct`` sets.
         crop: Side of the square center crop; ignored when ``resize`` is a pair.
         mean: Per-channel mean subtracted after scaling to [0, 1].
         std: Per-channel standard deviation divided by.
@@ -67,13 +74,20 @@ def preprocess(
             when it still leaves at least twice the resize target, so the antialiased resize does
             the last step. Much faster on camera-size photos, with answers close to a full
             decode; False always decodes at full size, exactly as the PIL recipe does.
+        interpolation: The resize filter, one of :data:`INTERPOLATIONS` (any case):
+            Pillow's ``Image.Resampling`` member of that name, as torchvision's
+            ``InterpolationMode`` passes it to ``Image.resize``.
+        crop_pct: timm's recipe instead of ``resize``: the shorter side becomes
+            ``floor(crop / crop_pct)``, then the center crop of ``crop`` (0.875 gives
+            ``Resize(256)`` for a crop of 224). Above 0 and at most 1.
 
     Returns:
         A C-contiguous float32 array of shape [N, 3, H, W].
 
     Raises:
         DecodeError: An image could not be decoded; the message names its index.
-        ValueError: An option is out of range.
+        ValueError: An option is out of range, an unknown ``interpolation``, or both
+            ``resize`` and ``crop_pct``.
         TypeError: ``images`` is not a sequence of bytes-like objects.
     """
 
@@ -152,6 +166,8 @@ class ImageClassifier:
             device; logits come back as float32. Half precisions are for GPUs (fp16's tensor
             cores, bf16 from Ampere on); the CPU runs them too, usually slower than fp32.
             A package computes in what it was compiled in and takes only 'fp32' here.
+        interpolation: As in :func:`preprocess`.
+        crop_pct: As in :func:`preprocess`.
 
     Raises:
         FileNotFoundError: The model or labels file does not exist.
@@ -167,7 +183,7 @@ class ImageClassifier:
         model_path: str | PathLike[str],
         *,
         device: str = "cpu",
-        resize: _Resize = 256,
+        resize: _Resize | None = None,
         crop: int = 224,
         mean: _Triple = (0.485, 0.456, 0.406),
         std: _Triple = (0.229, 0.224, 0.225),
@@ -177,6 +193,8 @@ class ImageClassifier:
         optimize: bool = True,
         forward_batch_size: int | None = None,
         precision: str = "fp32",
+        interpolation: str = "bilinear",
+        crop_pct: float | None = None,
     ) -> ImageClassifier: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.

@@ -51,8 +51,13 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             is loaded, and a file with another digest raises ``ModelLoadError`` naming both.
         device: 'cpu', 'cuda' or 'cuda:N' ('GPU' is accepted for 'cuda').
         resize: The shorter side after resizing (then a center crop of ``crop``), or
-            (height, width) to resize to exactly with no crop.
+            (height, width) to resize to exactly with no crop; None: 256, or what ``crop_pct``
+            sets.
         crop: Side of the square center crop.
+        interpolation: The resize filter: 'nearest', 'box', 'bilinear' (the default),
+            'hamming', 'bicubic' or 'lanczos', Pillow's, bit for bit.
+        crop_pct: timm's recipe instead of ``resize``: the shorter side becomes
+            ``floor(crop / crop_pct)`` before the center crop (above 0, at most 1).
         mean: Per-channel mean of ``Normalize``.
         std: Per-channel standard deviation of ``Normalize``.
         labels: Class names, or a path to a text file with one name per line.
@@ -86,8 +91,10 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         model_path: str,
         *,
         device: str = "cpu",
-        resize: int | tuple[int, int] = 256,
+        resize: int | tuple[int, int] | None = None,
         crop: int = 224,
+        interpolation: str = "bilinear",
+        crop_pct: float | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         labels: str | Sequence[str] | None = None,
@@ -117,13 +124,17 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self._model_path = str(model_path)
         self._device = normalize_device(device)
-        # A pair as given (the core checks it), or a side.
+        # A pair as given (the core checks it), a side, or None (256, or crop_pct's side).
         self._resize = (
             cast("tuple[int, int]", tuple(resize))
             if isinstance(resize, (tuple, list))
+            else None
+            if resize is None
             else int(resize)
         )
         self._crop = int(crop)
+        self._interpolation = interpolation
+        self._crop_pct = None if crop_pct is None else float(crop_pct)
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
         self._labels = labels if labels is None or isinstance(labels, str) else list(labels)
@@ -165,6 +176,8 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             device=self._device,
             resize=self._resize,
             crop=self._crop,
+            interpolation=self._interpolation,
+            crop_pct=self._crop_pct,
             mean=self._mean,
             std=self._std,
             labels=_local_copy(self._labels) if isinstance(self._labels, str) else self._labels,

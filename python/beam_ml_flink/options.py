@@ -6,6 +6,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_ml_flink._core import INTERPOLATIONS
 from beam_ml_flink.arguments import (
     positive_int,
     resize,
@@ -165,6 +166,20 @@ class ImageClassificationOptions(PipelineOptions):
         )
         preprocessing.add_argument(
             "--crop", type=positive_int, default=224, help="Center crop side."
+        )
+        preprocessing.add_argument(
+            "--interpolation",
+            choices=INTERPOLATIONS,
+            default="bilinear",
+            help="The resize filter, Pillow's (as torchvision's InterpolationMode names it), bit "
+            "for bit (default bilinear).",
+        )
+        preprocessing.add_argument(
+            "--crop_pct",
+            type=float,
+            default=None,
+            help="timm's recipe instead of --resize: the shorter side becomes "
+            "floor(crop / crop_pct), then the center crop (0.875 with --crop 224 is --resize 256).",
         )
         preprocessing.add_argument(
             "--mean", type=triple, default=IMAGENET_MEAN, help="Normalize mean."
