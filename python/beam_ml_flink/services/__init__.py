@@ -1,6 +1,7 @@
 """The local services of the run modes: a standalone Flink cluster of one or more TaskManagers,
 the Beam Flink job server, SDK worker pools, a Kafka broker, the Java expansion service that
-KafkaIO needs, and an S3-compatible object store.
+KafkaIO needs, an S3-compatible object store, and a Flink cluster in containers that share
+nothing (PodFlinkCluster).
 
 Each is a context manager that checks its ports are free, starts its processes, waits until they
 answer, and stops everything it started on the way out, also when the job fails or is interrupted.
@@ -33,6 +34,7 @@ from beam_ml_flink.services.object_store import (
     OBJECT_STORE_SECRET_KEY,
     ObjectStore,
 )
+from beam_ml_flink.services.pod_cluster import PodFlinkCluster, flink_deployment_properties
 from beam_ml_flink.services.process import ServiceError, check_ports_free
 from beam_ml_flink.services.worker_pool import WORKER_POOL_PORT, WorkerPool
 
@@ -53,12 +55,14 @@ __all__ = [
     "KafkaBroker",
     "LocalFlinkCluster",
     "ObjectStore",
+    "PodFlinkCluster",
     "ServiceError",
     "WorkerPool",
     "argument_parser",
     "cancel_flink_jobs",
     "check_ports_free",
     "flink_conf_dir",
+    "flink_deployment_properties",
     "flink_job_metrics",
     "main",
 ]
