@@ -163,9 +163,11 @@ def test_local_cluster_through_the_job_server(
     assert_same_as_direct(tmp_path / "out", inputs, direct)
     # The job ran on the cluster, not on a Flink embedded somewhere.
     assert cluster.overview()["jobs-finished"] == finished_before + 1
-    # The summary has the handler's counts (with EXTERNAL workers, from Flink's accumulators).
-    predictions, _ = direct
-    assert f": {len(predictions)} images classified" in run.stderr, run.stderr[-2000:]
+    # The summary counts every input, failures too (with EXTERNAL workers, from Flink's
+    # accumulators).
+    predictions, failures = direct
+    counted = f": {len(predictions)} images classified, {len(failures)} failed ("
+    assert counted in run.stderr, run.stderr[-2000:]
 
 
 @contextlib.contextmanager
