@@ -141,7 +141,7 @@ class ImageClassificationOptions(PipelineOptions):
             help="An image classifier: TorchScript, or an AOTInductor package (.pt2); a path or a "
             "URI (s3://, gs://).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--model_sha256",
             type=sha256_digest,
             help="The SHA-256 of the model file (sha256sum's digest): checked before the model is "
