@@ -85,24 +85,43 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The wheel and the sdist of the current sources; dist/.built goes with them, so a removed dist/
-# is rebuilt. The wheel is repaired by auditwheel into a manylinux wheel, libtorch left out (it
-# comes from the `torch` dependency): manylinux_2_34, the oldest glibc whose symbols a build on
-# this machine (Debian bookworm) references.
-WHEEL_BUILT := dist/.built
-MANYLINUX := manylinux_2_34_x86_64
-TORCH_LIB_DIR = $(SITE_PACKAGES)/torch/lib
+# The extension the venv runs: built here, against this machine's libraries.
+HOST_WHEEL := build/wheel/.built
 
-$(WHEEL_BUILT): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md .cargo/config.toml | build-tools
-	rm -rf dist build/wheel
+$(HOST_WHEEL): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md .cargo/config.toml | build-tools
+	rm -rf build/wheel
 	maturin build --release --out build/wheel
-	AUDITWHEEL_LD_LIBRARY_PATH=$(TORCH_LIB_DIR) auditwheel repair --plat $(MANYLINUX) \
-		--exclude libtorch_cpu.so --exclude libc10.so -w dist build/wheel/beam_ml_flink-*.whl
-	maturin sdist --out dist
 	touch $@
 
-$(VENV)/.installed: $(WHEEL_BUILT)
-	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/beam_ml_flink-*.whl
+$(VENV)/.installed: $(HOST_WHEEL)
+	$(PY) -m pip install --quiet --no-deps --force-reinstall build/wheel/beam_ml_flink-*.whl
+	touch $@
+
+# The wheel and the sdist of the current sources, for users; dist/.built goes with them, so a
+# removed dist/ is rebuilt. The wheel is built in Debian bullseye (glibc 2.31, GCC 10: the
+# builder image, made by debootstrap) with this machine's Rust toolchain and cargo cache mounted,
+# and repaired by auditwheel into a manylinux_2_31 wheel, libtorch left out (it comes from the
+# `torch` dependency, whose wheels need glibc 2.28). Debian buster (2.28) is no longer on the
+# Debian mirror. The build runs from / so that .cargo/config.toml (libtorch through a Python
+# that imports torch, which bullseye's 3.9 cannot) is not read: LIBTORCH names torch's folder.
+WHEEL_BUILT := dist/.built
+MANYLINUX := manylinux_2_31_x86_64
+TORCH_LIB_DIR = $(SITE_PACKAGES)/torch/lib
+WHEEL_BUILDER_IMAGE := localhost/beam-ml-flink/wheel-builder:bullseye
+RUSTUP_HOME ?= $(HOME)/.rustup
+CARGO_HOME ?= $(HOME)/.cargo
+
+$(WHEEL_BUILT): $(VENV)/.deps $(RUST_SOURCES) $(PY_SOURCES) README.md .cargo/config.toml | build-tools container-wheel-builder
+	rm -rf dist build/wheel-bullseye
+	$(PLAIN_ENGINE) podman run --rm --network host --volume $(CURDIR):$(CURDIR) \
+		--volume $(RUSTUP_HOME):$(RUSTUP_HOME):ro --volume $(CARGO_HOME):$(CARGO_HOME) \
+		--env RUSTUP_HOME=$(RUSTUP_HOME) --env CARGO_HOME=$(CARGO_HOME) \
+		--env PATH=$(CARGO_HOME)/bin:/usr/bin:/bin --env CARGO_TARGET_DIR=$(CURDIR)/target/bullseye \
+		--env LIBTORCH=$(SITE_PACKAGES)/torch --workdir / $(WHEEL_BUILDER_IMAGE) \
+		$(BIN)/maturin build --release --manifest-path $(CURDIR)/Cargo.toml --out $(CURDIR)/build/wheel-bullseye
+	AUDITWHEEL_LD_LIBRARY_PATH=$(TORCH_LIB_DIR) auditwheel repair --plat $(MANYLINUX) \
+		--exclude libtorch_cpu.so --exclude libc10.so -w dist build/wheel-bullseye/beam_ml_flink-*.whl
+	maturin sdist --out dist
 	touch $@
 
 data/.made: $(VENV)/.deps data/make_demo.py
@@ -318,6 +337,19 @@ container-debian: container-engine ## Make the Debian base image by debootstrap,
 		tar -C $(ENGINE_DIR)/rootfs -c . | $(WITH_ENGINE) podman import - $(DEBIAN_IMAGE); \
 		rm -rf $(ENGINE_DIR)/rootfs; }
 
+# The builder of the wheel users install: Debian bullseye (glibc 2.31) with its compilers, cmake
+# and nasm, by debootstrap; the Rust toolchain comes from the host (make wheel mounts it).
+.PHONY: container-wheel-builder
+container-wheel-builder: container-engine ## Make the bullseye image that builds the manylinux_2_31 wheel (debootstrap), once
+	@$(PLAIN_ENGINE) podman image exists $(WHEEL_BUILDER_IMAGE) || { \
+		rm -rf $(ENGINE_DIR)/rootfs-bullseye; \
+		debootstrap --variant=minbase --include=build-essential,cmake,nasm,ca-certificates bullseye \
+			$(ENGINE_DIR)/rootfs-bullseye http://deb.debian.org/debian >$(ENGINE_DIR)/debootstrap-bullseye.log; \
+		cp /usr/local/share/ca-certificates/*.crt $(ENGINE_DIR)/rootfs-bullseye/usr/local/share/ca-certificates/ 2>/dev/null || true; \
+		chroot $(ENGINE_DIR)/rootfs-bullseye update-ca-certificates >/dev/null; \
+		tar -C $(ENGINE_DIR)/rootfs-bullseye -c . | $(PLAIN_ENGINE) podman import --quiet - $(WHEEL_BUILDER_IMAGE) >/dev/null; \
+		rm -rf $(ENGINE_DIR)/rootfs-bullseye; }
+
 .PHONY: container-bases
 container-bases: container-debian ## Make the base images without Docker Hub (debootstrap, go install), once
 	@$(WITH_ENGINE) podman image exists $(SDK_BASE_IMAGE) || { \
@@ -420,7 +452,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink, Kafka and object store tests start their own)
+test-python: init $(WHEEL_BUILT) models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink, Kafka and object store tests start their own)
 	$(PY) -m pytest
 
 # TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
