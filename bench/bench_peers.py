@@ -247,7 +247,7 @@ def pil_reference(model: str, mean, std, paths: list[str]) -> dict[str, dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", default="256,4096", help="comma-separated image counts")
+    parser.add_argument("--sizes", default="256,1024", help="comma-separated image counts")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--treatments", default=",".join(TREATMENTS))
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
