@@ -16,6 +16,7 @@ from beam_ml_flink._core import (
     cuda_device_count,
     preprocess,
 )
+from beam_ml_flink.recipes import PreprocessRecipe, read_preprocess_config
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -25,7 +26,9 @@ __all__ = [
     "ImageClassifier",
     "InferenceError",
     "ModelLoadError",
+    "PreprocessRecipe",
     "__version__",
     "cuda_device_count",
     "preprocess",
+    "read_preprocess_config",
 ]

@@ -25,10 +25,20 @@ from beam_ml_flink.counts import (
     METRICS_NAMESPACE,
     failure_stage,
 )
+from beam_ml_flink.recipes import PreprocessRecipe, read_preprocess_config, with_explicit
 from beam_ml_flink.streaming import ModelWatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's ImageNet recipe: Resize(256, bilinear), CenterCrop(224), ImageNet's Normalize.
+DEFAULT_RECIPE = PreprocessRecipe(
+    resize=None,
+    crop=224,
+    crop_pct=None,
+    interpolation="bilinear",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
 
 
 class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifier]):
@@ -53,13 +63,19 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         resize: The shorter side after resizing (then a center crop of ``crop``), or
             (height, width) to resize to exactly with no crop; None: 256, or what ``crop_pct``
             sets.
-        crop: Side of the square center crop.
-        interpolation: The resize filter: 'nearest', 'box', 'bilinear' (the default),
+        crop: Side of the square center crop (None: 224).
+        interpolation: The resize filter: 'nearest', 'box', 'bilinear' (None: bilinear),
             'hamming', 'bicubic' or 'lanczos', Pillow's, bit for bit.
         crop_pct: timm's recipe instead of ``resize``: the shorter side becomes
             ``floor(crop / crop_pct)`` before the center crop (above 0, at most 1).
-        mean: Per-channel mean of ``Normalize``.
-        std: Per-channel standard deviation of ``Normalize``.
+        mean: Per-channel mean of ``Normalize`` (None: ImageNet's).
+        std: Per-channel standard deviation of ``Normalize`` (None: ImageNet's).
+        preprocess_config: The model's own recipe instead of the defaults: a timm
+            ``config.json`` (or ``pretrained_cfg``) or a Hugging Face
+            ``preprocessor_config.json``, a path or a URI of any Beam filesystem, read once
+            here (the workers never read it), as :func:`beam_ml_flink.read_preprocess_config`
+            reads it. ``resize``, ``crop``, ``crop_pct``, ``interpolation``, ``mean`` and
+            ``std`` given here win over the file's.
         labels: Class names, or a path to a text file with one name per line.
         top_k: How many classes each result keeps.
         model_name: A torchvision architecture (e.g. 'mobilenet_v2', 'resnet101') whose state dict
@@ -92,11 +108,12 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
         *,
         device: str = "cpu",
         resize: int | tuple[int, int] | None = None,
-        crop: int = 224,
-        interpolation: str = "bilinear",
+        crop: int | None = None,
+        interpolation: str | None = None,
         crop_pct: float | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        preprocess_config: str | os.PathLike[str] | None = None,
         labels: str | Sequence[str] | None = None,
         top_k: int = 5,
         model_name: str | None = None,
@@ -124,19 +141,30 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self._model_path = str(model_path)
         self._device = normalize_device(device)
-        # A pair as given (the core checks it), a side, or None (256, or crop_pct's side).
-        self._resize = (
-            cast("tuple[int, int]", tuple(resize))
-            if isinstance(resize, (tuple, list))
-            else None
-            if resize is None
-            else int(resize)
+        recipe = with_explicit(
+            DEFAULT_RECIPE
+            if preprocess_config is None
+            else read_preprocess_config(preprocess_config),
+            # A pair as given (the core checks it), a side, or None (256, or crop_pct's side).
+            resize=(
+                cast("tuple[int, int]", tuple(resize))
+                if isinstance(resize, (tuple, list))
+                else None
+                if resize is None
+                else int(resize)
+            ),
+            crop=None if crop is None else int(crop),
+            crop_pct=None if crop_pct is None else float(crop_pct),
+            interpolation=interpolation,
+            mean=None if mean is None else tuple(float(m) for m in mean),
+            std=None if std is None else tuple(float(s) for s in std),
         )
-        self._crop = int(crop)
-        self._interpolation = interpolation
-        self._crop_pct = None if crop_pct is None else float(crop_pct)
-        self._mean = tuple(float(m) for m in mean)
-        self._std = tuple(float(s) for s in std)
+        self._resize = recipe["resize"]
+        self._crop = recipe["crop"]
+        self._interpolation = recipe["interpolation"]
+        self._crop_pct = recipe["crop_pct"]
+        self._mean = recipe["mean"]
+        self._std = recipe["std"]
         self._labels = labels if labels is None or isinstance(labels, str) else list(labels)
         self._top_k = top_k
         self._model_name = model_name

@@ -15,7 +15,6 @@ from beam_ml_flink.arguments import (
     sha256_digest,
     triple,
 )
-from beam_ml_flink.beam import IMAGENET_MEAN, IMAGENET_STD
 from beam_ml_flink.kafka import MESSAGE_FORMATS
 from beam_ml_flink.pipeline import OUTPUT_FORMATS
 from beam_ml_flink.services.kafka import JAVA_EXPANSION_PORT
@@ -165,12 +164,12 @@ class ImageClassificationOptions(PipelineOptions):
             "(default 224,224 with --model_state_dict_path, as the original pipeline).",
         )
         preprocessing.add_argument(
-            "--crop", type=positive_int, default=224, help="Center crop side."
+            "--crop", type=positive_int, default=None, help="Center crop side (default 224)."
         )
         preprocessing.add_argument(
             "--interpolation",
             choices=INTERPOLATIONS,
-            default="bilinear",
+            default=None,
             help="The resize filter, Pillow's (as torchvision's InterpolationMode names it), bit "
             "for bit (default bilinear).",
         )
@@ -182,10 +181,17 @@ class ImageClassificationOptions(PipelineOptions):
             "floor(crop / crop_pct), then the center crop (0.875 with --crop 224 is --resize 256).",
         )
         preprocessing.add_argument(
-            "--mean", type=triple, default=IMAGENET_MEAN, help="Normalize mean."
+            "--mean", type=triple, default=None, help="Normalize mean (default ImageNet's)."
         )
         preprocessing.add_argument(
-            "--std", type=triple, default=IMAGENET_STD, help="Normalize std."
+            "--std", type=triple, default=None, help="Normalize std (default ImageNet's)."
+        )
+        preprocessing.add_argument(
+            "--preprocess_config",
+            metavar="FILE",
+            help="The model's own recipe: a timm config.json (its pretrained_cfg) or a Hugging "
+            "Face preprocessor_config.json, a path or URI; the flags above, where given, win "
+            "over it.",
         )
         model.add_argument(
             "--device", default="cpu", help="cpu, cuda or cuda:N (CPU and GPU also accepted)."
@@ -310,8 +316,10 @@ class ImageClassificationOptions(PipelineOptions):
             type=seconds_or_zero,
             default=10.0,
             metavar="SECONDS",
-            help="Batch runs: a progress line every this many seconds (images done, failed, "
-            "images/s, time left where the input count is known); 0 turns it off (default 10).",
+            help="A progress line every this many seconds: for a batch run, images done, failed, "
+            "images/s and the time left where the input count is known; for a stream, records "
+            "answered, failed, records/s over the interval and, from Kafka, the consumer "
+            "group's lag; 0 turns it off (default 10).",
         )
         run.add_argument(
             "--fail_on_error",
