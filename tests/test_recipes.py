@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from apache_beam.io.localfilesystem import LocalFileSystem
 from PIL import Image
 
 import beam_ml_flink as bmf
@@ -333,6 +334,25 @@ def test_what_cannot_be_honoured_is_an_error_naming_the_field(
         bmf.read_preprocess_config(path)
     message = str(raised.value)
     assert f"{field} " in message and str(path) in message, message
+
+
+class ElsewhereFileSystem(LocalFileSystem):
+    """A Beam filesystem of its own scheme (elsewhere://PATH reads the local PATH): a URI that
+    only Beam's FileSystems can open, as s3:// and gs:// are."""
+
+    @classmethod
+    def scheme(cls) -> str:
+        return "elsewhere"
+
+    def _path_open(self, path: str, *args: Any) -> Any:
+        return super()._path_open(path.removeprefix("elsewhere://"), *args)
+
+
+def test_a_uri_is_read_through_beam_s_filesystems(tmp_path: Path) -> None:
+    cfg = {"crop_pct": 0.95, "interpolation": "bilinear"}
+    path = write_json(tmp_path / "config.json", {"pretrained_cfg": cfg})
+    assert bmf.read_preprocess_config(f"elsewhere://{path}") == bmf.read_preprocess_config(cfg)
+    assert bmf.read_preprocess_config(f"file://{path}") == bmf.read_preprocess_config(cfg)
 
 
 @pytest.mark.parametrize(

@@ -135,9 +135,9 @@ def with_explicit(
     if interpolation is not None:
         merged["interpolation"] = interpolation
     if mean is not None:
-        merged["mean"] = _triple(mean, "mean", "the argument")
+        merged["mean"] = _triple(mean, "mean", "the values given")
     if std is not None:
-        merged["std"] = _triple(std, "std", "the argument")
+        merged["std"] = _triple(std, "std", "the values given")
     return merged
 
 
