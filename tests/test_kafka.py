@@ -29,7 +29,7 @@ from test_flink import (
 )
 
 from beam_ml_flink import services
-from beam_ml_flink.messages import Collector, Message, image_messages, produce
+from beam_ml_flink.messages import Collector, Message, consumer_lag, image_messages, produce
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES, ROOT
 
 KAFKA_JAR = Path(os.environ.get("KAFKA_BROKER_JAR", ROOT / "build" / "kafka" / "kafka-broker.jar"))
@@ -325,3 +325,82 @@ def test_nothing_is_lost_when_the_taskmanager_is_killed(
     print(f"answered before the kill: {answered_before_the_kill}; duplicates: {duplicates}")
     assert answered_before_the_kill < len(expected), "the kill came after the stream"
     assert duplicates <= answered_before_the_kill
+
+
+def test_the_consumer_lag_is_what_the_group_has_not_committed(
+    broker: services.KafkaBroker,
+) -> None:
+    """consumer_lag against the broker: every message while the group has committed nothing,
+    the rest once it has committed some; a topic the broker lacks is a sentence."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic, group = f"lag-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
+    broker.create_topics([topic])
+    produce(broker.bootstrap_servers, topic, [Message(b"%d" % i, b"x") for i in range(5)])
+    assert consumer_lag(broker.bootstrap_servers, topic, group) == 5
+    committer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": group})
+    committer.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+    committer.close()
+    assert consumer_lag(broker.bootstrap_servers, topic, group) == 2
+    with pytest.raises(ValueError, match=f"has no topic {topic}-missing"):
+        consumer_lag(broker.bootstrap_servers, f"{topic}-missing", group)
+
+
+def test_a_running_stream_logs_its_answers_and_its_lag(
+    broker: services.KafkaBroker, expansion: services.ExpansionService, tmp_path: Path
+) -> None:
+    """A backlog of the photos as messages waits in the topic before the job starts: the stream's
+    progress lines show the consumer group's lag at all of them before anything is committed,
+    the records answered growing to all of them, and the lag at 0 once a checkpoint has
+    committed the offsets."""
+    run = f"lag-{uuid.uuid4().hex[:8]}"
+    broker.create_topics([f"{run}-in", f"{run}-out", f"{run}-failures"])
+    messages = image_messages([str(p) for p in sorted(IMAGES.iterdir())], "bytes")
+    n = len(messages)
+    produce(broker.bootstrap_servers, f"{run}-in", messages)
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "beam_ml_flink",
+                *kafka_args(broker, expansion, run),
+                "--message_format=bytes",
+                "--progress_interval=1",
+                "--checkpointing_interval=2000",
+                "--runner=FlinkRunner",
+                "--flink_version=1.19",
+                f"--flink_job_server_jar={JOB_SERVER_JAR}",
+                "--environment_type=LOOPBACK",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_for(
+                lambda: (
+                    f"{n} records answered" in log_path.read_text()
+                    and "Kafka lag 0 messages" in log_path.read_text()
+                ),
+                300,
+                f"the stream's lines to show {n} answers and no lag",
+            )
+        finally:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=120)
+    lines = [line for line in log_path.read_text().splitlines() if "stream: " in line]
+    lags = [line.rsplit("Kafka lag ", 1)[1].split()[0] for line in lines if "Kafka lag " in line]
+    assert lags[0] == str(n), lines
+    assert lags[-1] == "0", lines
+    assert f"(consumer group {run})" in lines[0]
+    answered = [
+        int(line.split("stream: ", 1)[1].split()[0]) for line in lines if "answered" in line
+    ]
+    assert answered == sorted(answered) and answered[-1] == n, lines
+    assert "0 failed" in next(line for line in lines if f"{n} records answered" in line)
+    # Stopped, the job is cancelled and its runner reports no metrics: the workers here counted.
+    assert f": {n} images classified, 0 failed, as this process's workers counted them" in (
+        log_path.read_text()
+    )

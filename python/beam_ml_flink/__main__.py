@@ -46,6 +46,7 @@ from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.counts import (
     CLASSIFIED,
+    COUNTS,
     FAILED_DECODE,
     FAILED_INFERENCE,
     FAILED_READ,
@@ -53,6 +54,7 @@ from beam_ml_flink.counts import (
     failures_by_stage,
 )
 from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
+from beam_ml_flink.messages import consumer_lag
 from beam_ml_flink.options import (
     STATE_DICT_RESIZE,
     FlinkStreamingOptions,
@@ -461,9 +463,8 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
             uris = image_uris(pipeline, args.input, args.images_dir)
             classified = uris | "ClassifyImages" >> ClassifyImages(handler_for(args))
     reporter = None
-    if not (streaming or args.input_topic) and args.progress_interval > 0:
-        total = None if is_sharded(args.input, args.input_format) else count_inputs(args.input)
-        reporter = ProgressReporter(args.progress_interval, total, METRICS_NAMESPACE, logger)
+    if args.progress_interval > 0:
+        reporter = progress_reporter(args, streaming or bool(args.input_topic))
         reporter.start()
     try:
         result = _run_and_wait(pipeline, args, options, classified, streaming, reporter)
@@ -483,6 +484,28 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
         )
         sys.exit(1)
     return result
+
+
+def progress_reporter(args: argparse.Namespace, streaming: bool) -> ProgressReporter:
+    """The progress lines of the run: a batch's (with its input count where known), or a
+    stream's (with the consumer group's lag where the stream is Kafka's)."""
+    if not streaming:
+        total = None if is_sharded(args.input, args.input_format) else count_inputs(args.input)
+        return ProgressReporter(args.progress_interval, total, METRICS_NAMESPACE, logger)
+    backlog = None
+    if args.input_topic and not is_pubsub(args.input_topic):
+
+        def backlog() -> str:
+            group = args.consumer_group
+            try:
+                lag = consumer_lag(args.bootstrap_servers, args.input_topic, group)
+            except Exception as e:  # noqa: BLE001 - the line says why; the job runs on
+                return f"Kafka lag unknown (the broker did not tell: {e})"
+            return f"Kafka lag {lag:,} messages (consumer group {group})"
+
+    return ProgressReporter(
+        args.progress_interval, None, METRICS_NAMESPACE, logger, streaming=True, backlog=backlog
+    )
 
 
 def _run_and_wait(
@@ -599,6 +622,18 @@ def log_summary(
     are. Returns the number of failed inputs, or None where the runner reported no counts."""
     totals = run_totals(result, flink_rest)
     if totals is None:
+        classified, failed = COUNTS.snapshot()
+        if classified + failed:
+            # A cancelled stream's runner reports nothing; LOOPBACK workers counted here.
+            logger.info(
+                "finished in %.1f s: %d images classified, %d failed, as this process's "
+                "workers counted them (the runner reported no metrics)%s",
+                seconds,
+                classified,
+                failed,
+                f"; the reasons are in {failures_output}" if failed and failures_output else "",
+            )
+            return failed
         logger.info(
             "finished in %.1f s (the runner reported no metrics of the classification)", seconds
         )

@@ -89,6 +89,34 @@ def produce(
         raise RuntimeError(f"Kafka at {bootstrap_servers} did not take every message to {topic}")
 
 
+def consumer_lag(bootstrap_servers: str, topic: str, group: str, timeout: float = 5.0) -> int:
+    """How many of ``topic``'s messages ``group`` has not committed yet: over its partitions, the
+    end offset minus the group's committed offset (minus the first retained offset where the
+    group has committed nothing there). Reads the broker without joining the group.
+
+    Raises:
+        confluent_kafka.KafkaException: The broker did not answer within ``timeout`` seconds.
+        ValueError: The broker has no topic ``topic``.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        found = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise ValueError(f"Kafka at {bootstrap_servers} has no topic {topic}")
+        partitions = [TopicPartition(topic, p) for p in sorted(found.partitions)]
+        lag = 0
+        for committed in consumer.committed(partitions, timeout=timeout):
+            low, high = consumer.get_watermark_offsets(committed, timeout=timeout)
+            lag += high - (committed.offset if committed.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
+
+
 class Collector:
     """Reads ``topics`` from their beginning, as a new consumer group, committed records only."""
 

@@ -316,8 +316,10 @@ class ImageClassificationOptions(PipelineOptions):
             type=seconds_or_zero,
             default=10.0,
             metavar="SECONDS",
-            help="Batch runs: a progress line every this many seconds (images done, failed, "
-            "images/s, time left where the input count is known); 0 turns it off (default 10).",
+            help="A progress line every this many seconds: for a batch run, images done, failed, "
+            "images/s and the time left where the input count is known; for a stream, records "
+            "answered, failed, records/s over the interval and, from Kafka, the consumer "
+            "group's lag; 0 turns it off (default 10).",
         )
         run.add_argument(
             "--fail_on_error",

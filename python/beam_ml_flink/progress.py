@@ -1,5 +1,7 @@
-"""How far a batch run is: every few seconds a line with the images done, the failures, the rate
-and, where the input count is known, an estimate of the time left.
+"""How far a run is: every few seconds a line. A batch run's tells the images done, the failures,
+the rate and, where the input count is known, an estimate of the time left; a stream's tells the
+records answered and failed so far, the rate over the last interval and, for Kafka, the consumer
+group's lag (what the broker holds that the job has not committed yet).
 
 The counts come from this process (its readers and handlers), where the SDK workers run in it (the
 DirectRunner, Prism, LOOPBACK on Flink), else from the runner's metrics where it reports them
@@ -16,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -70,19 +73,30 @@ def _duration(seconds: float) -> str:
 class ProgressReporter(threading.Thread):
     """Logs a progress line every `interval` seconds until stopped. `result` (the running
     job's PipelineResult, once there is one) is asked for metrics where this process's handlers
-    have seen nothing."""
+    have seen nothing. With `streaming`, the lines are a stream's, and `backlog` (when given)
+    says what is still waiting to be read, e.g. a Kafka consumer group's lag."""
 
     def __init__(
-        self, interval: float, total: int | None, namespace: str, logger: logging.Logger
+        self,
+        interval: float,
+        total: int | None,
+        namespace: str,
+        logger: logging.Logger,
+        *,
+        streaming: bool = False,
+        backlog: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(name="progress", daemon=True)
         self.interval = interval
         self.total = total
         self.namespace = namespace
         self.logger = logger
+        self.streaming = streaming
+        self.backlog = backlog
         self.result: Any = None
         self._stop_event = threading.Event()
         self._first: tuple[float, int] | None = None  # when images were first seen, and how many
+        self._last: tuple[float, int] | None = None  # a stream's previous line: when, how many
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -92,7 +106,11 @@ class ProgressReporter(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             counts = self.counts()
-            if counts is not None:
+            if self.streaming:
+                line = self.stream_line(counts, self.backlog() if self.backlog else None)
+                if line is not None:
+                    self.logger.info("%s", line)
+            elif counts is not None:
                 self.logger.info("%s", self.line(*counts, time.monotonic()))
 
     def counts(self) -> tuple[int, int] | None:
@@ -127,3 +145,22 @@ class ProgressReporter(threading.Thread):
         if self.total and rate > 0 and done < self.total:
             text += f", about {_duration((self.total - done) / rate)} left"
         return text
+
+    def stream_line(self, counts: tuple[int, int] | None, backlog: str | None) -> str | None:
+        """A stream's line: the records answered and failed so far and the rate since the
+        previous line (where counts are known), and the backlog; None when nothing is known."""
+        parts = []
+        if counts is not None:
+            classified, failed = counts
+            done = classified + failed
+            now = time.monotonic()
+            since, before = self._last or (now - self.interval, 0)
+            self._last = (now, done)
+            rate = (done - before) / (now - since) if now > since else 0.0
+            parts.append(
+                f"{done:,} records answered, {failed:,} failed, "
+                f"{rate:.1f} records/s over the last {now - since:.0f} s"
+            )
+        if backlog is not None:
+            parts.append(backlog)
+        return "stream: " + ", ".join(parts) if parts else None
