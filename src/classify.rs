@@ -184,6 +184,45 @@ impl Classifier {
         outcomes
     }
 
+    /// The model's output vector of every image (its logits, or the features of a model that
+    /// returns features), L2-normalised when `normalize` is set; a bad image, or a failed
+    /// forward pass, gives a row of NaN and its reason in [`Embeddings::failures`], and never
+    /// fails the call.
+    pub fn embed<B: AsRef<[u8]> + Sync>(&self, images: &[B], normalize: bool) -> Embeddings {
+        let dim = self.num_classes;
+        let mut batch = self.preprocess(images);
+        let mut data = vec![f32::NAN; images.len() * dim];
+        let mut failures: Vec<(usize, String)> = batch
+            .failures
+            .drain(..)
+            .map(|(index, error)| (index, error.to_string()))
+            .collect();
+        for (part, output) in self.forward_in_parts(&mut batch) {
+            let indices = &batch.ok[part];
+            match output {
+                Ok(output) => {
+                    for (row, &index) in output.data.chunks_exact(output.classes).zip(indices) {
+                        let target = &mut data[index * dim..(index + 1) * dim];
+                        target.copy_from_slice(row);
+                        if normalize {
+                            l2_normalize(target);
+                        }
+                    }
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    failures.extend(indices.iter().map(|&index| (index, reason.clone())));
+                }
+            }
+        }
+        failures.sort_by_key(|(index, _)| *index);
+        Embeddings {
+            data,
+            dim,
+            failures,
+        }
+    }
+
     /// Runs the preprocessed images through the model in passes of at most `forward_batch`;
     /// each pass's positions in `batch.ok`, with its logits or its error.
     fn forward_in_parts(&self, batch: &mut Batch) -> Vec<(Range<usize>, Result<Logits>)> {
@@ -200,6 +239,25 @@ impl Classifier {
                 (i * size..i * size + images, logits)
             })
             .collect()
+    }
+}
+
+/// The output vectors of a batch of images, row-major `[images, dim]`, in the images' order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// `images * dim` values; the rows of failed images are NaN.
+    pub data: Vec<f32>,
+    /// Values per image.
+    pub dim: usize,
+    /// The failed images, by index in ascending order, with their reasons.
+    pub failures: Vec<(usize, String)>,
+}
+
+/// Divides `row` by its Euclidean norm (at least 1e-12), as `torch.nn.functional.normalize`.
+pub fn l2_normalize(row: &mut [f32]) {
+    let norm = row.iter().map(|&x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for x in row.iter_mut() {
+        *x /= norm;
     }
 }
 

@@ -61,6 +61,9 @@ impl From<CoreError> for PyErr {
 }
 
 /// Runs the work of one call with the GIL released, so other Python threads go on meanwhile.
+/// What `ImageClassifier.embed` returns: the `[N, dim]` vectors, and per image None or its error.
+type EmbedResult<'py> = (Bound<'py, PyArray2<f32>>, Vec<Option<String>>);
+
 fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
     py.detach(work)
 }
@@ -333,6 +336,27 @@ impl ImageClassifier {
         let array = Array2::from_shape_vec((rows, logits.classes), logits.data)
             .expect("logits hold exactly N*classes values");
         Ok(array.into_pyarray(py))
+    }
+
+    /// The model's output vector per image as one `[N, dim]` float32 array (L2-normalised
+    /// with `normalize`), and per image None or the reason it failed (its row is NaN).
+    #[pyo3(signature = (images, normalize = false))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        normalize: bool,
+    ) -> PyResult<EmbedResult<'py>> {
+        let images = image_list(images)?;
+        let count = images.len();
+        let embeddings = detached(py, || self.inner.embed(&images, normalize));
+        let mut errors = vec![None; count];
+        for (index, reason) in embeddings.failures {
+            errors[index] = Some(reason);
+        }
+        let array = Array2::from_shape_vec((count, embeddings.dim), embeddings.data)
+            .expect("embeddings hold exactly N*dim values");
+        Ok((array.into_pyarray(py), errors))
     }
 
     /// One Classification per image, in order; bad images are failures, never exceptions.

@@ -203,6 +203,17 @@ class ImageClassifier:
             DecodeError: An image could not be decoded; the message names its index.
             InferenceError: The forward pass failed.
         """
+    def embed(
+        self, images: Iterable[_Image], normalize: bool = False
+    ) -> tuple[npt.NDArray[np.float32], list[str | None]]:
+        """The model's output vector of every image, for models that return features (or the
+        logits of a classifier), as one [N, dim] array made in a single copy, and per image None
+        or the reason it failed.
+
+        A bad image, or a failed forward pass, gives a row of NaN and its reason; this method
+        does not raise for bad input. ``normalize`` divides each row by its L2 norm, as
+        ``torch.nn.functional.normalize`` does (cosine similarity is then a dot product).
+        """
     def classify(self, images: Iterable[_Image], top_k: int = 5) -> list[Classification]:
         """Softmax top-k of every image, in input order.
 

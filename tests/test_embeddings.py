@@ -1,0 +1,86 @@
+"""Embeddings out of the Python API: `ImageClassifier.embed` gives the model's output vector per
+image in one [N, dim] array, as torch computes it on the PIL + torchvision recipe's tensors, with
+bad images in place as NaN rows and reasons. The pretrained EfficientNet-Lite0's pooled features
+(the model without its classifier) find each photo's own crop among all the others."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import beam_ml_flink as bmf
+from conftest import DATA, DEMO_MEAN, DEMO_MODEL, DEMO_STD, encode, reference
+
+
+@pytest.fixture(scope="module")
+def features_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretrained EfficientNet-Lite0 with its classifier taken off: its 1280 pooled
+    features, traced to TorchScript."""
+    sys.path.insert(0, str(DATA))
+    from make_demo import efficientnet_lite0, trace
+
+    model = efficientnet_lite0()
+    model._fc = torch.nn.Identity()
+    path = tmp_path_factory.mktemp("features") / "efficientnet_lite0_features.pt"
+    trace(model, path)
+    return path
+
+
+def test_embeddings_are_the_model_outputs_with_bad_images_in_place(
+    photos: dict[str, bytes],
+) -> None:
+    classifier = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+    images = [*photos.values(), b"not an image", b""]
+    vectors, errors = classifier.embed(images)
+    assert vectors.shape == (len(images), 1000) and vectors.dtype == np.float32
+    model = torch.jit.load(str(DEMO_MODEL)).eval()
+    batch = torch.stack([reference(d, mean=DEMO_MEAN, std=DEMO_STD) for d in photos.values()])
+    with torch.no_grad():
+        expected = model(batch)
+    n = len(photos)
+    # The model frozen and optimized for inference: float32 noise only (as for the logits).
+    np.testing.assert_allclose(vectors[:n], expected.numpy(), atol=1e-4, rtol=0)
+    assert errors[:n] == [None] * n
+    assert np.isnan(vectors[n:]).all()
+    assert errors[n] is not None and "unsupported or unrecognised image format" in errors[n]
+    assert errors[n + 1] is not None and "empty" in errors[n + 1]
+    normalized, _ = classifier.embed(images, normalize=True)
+    torch_normalized = torch.nn.functional.normalize(expected, dim=1).numpy()
+    np.testing.assert_allclose(normalized[:n], torch_normalized, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(normalized[:n], axis=1), 1.0, atol=1e-6)
+    empty, none = classifier.embed([])
+    assert empty.shape == (0, 1000) and none == []
+
+
+def crop_of(data: bytes) -> bytes:
+    """Another picture of the same scene: 80% of the photo, off centre, mirrored, as JPEG."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    box = (width // 10, height // 20, width // 10 + width * 4 // 5, height // 20 + height * 4 // 5)
+    return encode(image.crop(box).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "JPEG", quality=90)
+
+
+def test_each_photo_s_nearest_neighbour_is_its_own_crop(
+    features_model: Path, photos: dict[str, bytes]
+) -> None:
+    """Cosine similarity of the L2-normalised pooled features: over the photos and a crop of
+    each, every image's nearest other image is its twin, which noise vectors would not give."""
+    classifier = bmf.ImageClassifier(features_model, mean=DEMO_MEAN, std=DEMO_STD)
+    assert classifier.num_classes == 1280
+    names = list(photos)
+    images = list(photos.values()) + [crop_of(d) for d in photos.values()]
+    vectors, errors = classifier.embed(images, normalize=True)
+    assert errors == [None] * len(images)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = similarity.argmax(1)
+    n = len(names)
+    twins = [(i + n) % (2 * n) for i in range(2 * n)]
+    wrong = {names[i % n]: names[int(j) % n] for i, j in enumerate(nearest) if j != twins[i]}
+    assert wrong == {}
