@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import classify, read_jsonl
 
 import beam_ml_flink as bmf
-from conftest import DATA, DEMO_MEAN, DEMO_MODEL, DEMO_STD, encode, reference
+from conftest import DATA, DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, encode, reference
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,62 @@ def test_each_photo_s_nearest_neighbour_is_its_own_crop(
     twins = [(i + n) % (2 * n) for i in range(2 * n)]
     wrong = {names[i % n]: names[int(j) % n] for i, j in enumerate(nearest) if j != twins[i]}
     assert wrong == {}
+
+
+def torch_features(model_path: Path, photos: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """torch's L2-normalised output of the model on the PIL + torchvision recipe's tensors."""
+    model = torch.jit.load(str(model_path)).eval()
+    batch = torch.stack([reference(d, mean=DEMO_MEAN, std=DEMO_STD) for d in photos.values()])
+    with torch.no_grad():
+        vectors = torch.nn.functional.normalize(model(batch), dim=1).numpy()
+    return dict(zip(photos, vectors, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output_format", ["parquet", "json"])
+def test_the_command_writes_every_image_s_vector_or_its_failure(
+    output_format: str, features_model: Path, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    """`--output_kind embeddings` on the DirectRunner: a row per photo holding torch's
+    normalised features, the corrupt and empty files in the failures output, nothing else."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = {tmp_path / "corrupt.jpg": b"\xff\xd8 not a jpeg", tmp_path / "empty.png": b""}
+    for path, data in bad.items():
+        path.write_bytes(data)
+    listing = tmp_path / "images.txt"
+    listing.write_text("\n".join([*(str(IMAGES / n) for n in photos), *map(str, bad)]) + "\n")
+    out = tmp_path / "out" / "vectors"
+    run = classify(
+        f"--input={listing}",
+        f"--output={out}",
+        f"--model_path={features_model}",
+        "--mean=0.5,0.5,0.5",
+        "--std=0.5,0.5,0.5",
+        "--batch_size=4",
+        "--output_kind=embeddings",
+        "--normalize_embeddings",
+        f"--output_format={output_format}",
+        "--runner=DirectRunner",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    expected = torch_features(features_model, photos)
+    if output_format == "parquet":
+        files = sorted(out.parent.glob("vectors-*.parquet"))
+        rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+        failed = sorted(out.parent.glob("vectors_failures-*.parquet"))
+        failures = [r for f in failed for r in pq.read_table(f).to_pylist()]
+        schema = pq.read_schema(files[0])
+        assert schema.field("embedding").type.value_type == pa.float32()
+    else:
+        rows = read_jsonl(sorted(out.parent.glob("vectors-*.jsonl")))
+        failures = read_jsonl(sorted(out.parent.glob("vectors_failures-*.jsonl")))
+    got = {Path(r["image"]).name: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+    assert sorted(got) == sorted(expected)
+    for name, vector in got.items():
+        # JSON carries each float32 as its shortest decimal: read back, the same float32.
+        np.testing.assert_allclose(vector, expected[name], atol=1e-5, rtol=0, err_msg=name)
+    assert sorted(Path(f["image"]).name for f in failures) == ["corrupt.jpg", "empty.png"]
+    assert "2 failed" in run.stderr

@@ -53,6 +53,7 @@ from beam_ml_flink.counts import (
     METRICS_NAMESPACE,
     failures_by_stage,
 )
+from beam_ml_flink.embeddings import ImageEmbedderHandler
 from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
 from beam_ml_flink.messages import consumer_lag
 from beam_ml_flink.options import (
@@ -164,6 +165,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             parser.error("give either --model_path or --model_state_dict_path, not both")
     elif not args.model_path:
         parser.error("--model_path (TorchScript or an AOTInductor package) is required")
+    if args.output_kind == "embeddings" and args.output_format == "csv":
+        parser.error(
+            "--output_format csv holds a class index per image: embeddings go to json or parquet"
+        )
+    if args.normalize_embeddings and args.output_kind != "embeddings":
+        parser.error("--normalize_embeddings needs --output_kind embeddings")
     # Remote paths are read through Beam's filesystems with this command's options (the S3
     # endpoint and keys); a store that does not answer, refuses the keys or lacks a bucket stops
     # the command here, within seconds.
@@ -391,8 +398,13 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     resize = args.resize
     if resize is None and args.crop_pct is None and args.preprocess_config is None:
         resize = STATE_DICT_RESIZE if args.model_state_dict_path else 256
-    return ImageClassifierHandler(
+    handler: type[ImageClassifierHandler] = ImageClassifierHandler
+    kind: dict[str, Any] = {"labels": args.labels, "top_k": args.top_k}
+    if args.output_kind == "embeddings":
+        handler, kind = ImageEmbedderHandler, {"normalize": args.normalize_embeddings}
+    return handler(
         args.model_path or args.model_state_dict_path,
+        **kind,
         model_name=args.model_name if args.model_state_dict_path else None,
         model_sha256=args.model_sha256,
         device=args.device,
@@ -403,8 +415,6 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
         mean=args.mean,
         std=args.std,
         preprocess_config=args.preprocess_config,
-        labels=args.labels,
-        top_k=args.top_k,
         draft=args.draft,
         optimize=not args.no_optimize,
         forward_batch_size=args.forward_batch_size,
@@ -526,7 +536,7 @@ def _run_and_wait(
             args.expansion_service,
         )
     else:
-        write_results(classified, args.output, args.output_format)
+        write_results(classified, args.output, args.output_format, args.output_kind)
     result = pipeline.run()
     if reporter is not None:
         reporter.result = result
@@ -735,6 +745,10 @@ def _row(record: dict[str, Any] | str) -> tuple[str, str, str]:
     if "error" in record:
         reason = record["error"].removeprefix(record["image"] + ": ")
         return record["image"], f"FAILED: {reason}", ""
+    if "embedding" in record:
+        vector = record["embedding"]
+        norm = sum(x * x for x in vector) ** 0.5
+        return record["image"], f"a vector of {len(vector)}", f"|v| {norm:.3f}"
     if "top_k" in record:
         best = record["top_k"][0]
         label, index, score = best["label"], best["index"], best["score"]

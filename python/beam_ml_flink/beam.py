@@ -11,12 +11,12 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_ml_flink._core import Classification, ImageClassifier, ModelLoadError
+from beam_ml_flink._core import ImageClassifier, ModelLoadError
 from beam_ml_flink.counts import (
     CLASSIFIED,
     COUNTS,
@@ -234,12 +234,16 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             if refreshed is not None:
                 model_id, model = refreshed
         started = time.perf_counter()
-        results = model.classify(batch, self._top_k)
+        results = self._infer(model, batch)
         self._metrics.update(results, time.perf_counter() - started)
         return [
             PredictionResult(image, result, model_id)
             for image, result in zip(batch, results, strict=True)
         ]
+
+    def _infer(self, model: ImageClassifier, batch: Sequence[bytes]) -> Sequence[_Outcome]:
+        """One call into Rust for the batch: what each image gives (its classes here)."""
+        return model.classify(batch, self._top_k)
 
     def get_num_bytes(self, batch: Sequence[bytes]) -> int:
         """Encoded bytes in the batch."""
@@ -278,6 +282,16 @@ def normalize_device(device: str) -> str:
     return "cuda" if device == "gpu" else device
 
 
+class _Outcome(Protocol):
+    """What a handler gives per image: a Classification, or an Embedding."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
 class _Metrics:
     """Beam metrics of the handler, beside RunInference's own."""
 
@@ -289,7 +303,7 @@ class _Metrics:
         self.batch_size = Metrics.distribution(namespace, "batch_size")
         self.batch_ms = Metrics.distribution(namespace, "batch_inference_ms")
 
-    def update(self, results: Sequence[Classification], seconds: float) -> None:
+    def update(self, results: Sequence[_Outcome], seconds: float) -> None:
         stages = [failure_stage(r.error or "") for r in results if not r.ok]
         failed = len(stages)
         self.classified.inc(len(results) - failed)

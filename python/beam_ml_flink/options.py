@@ -15,6 +15,7 @@ from beam_ml_flink.arguments import (
     sha256_digest,
     triple,
 )
+from beam_ml_flink.embeddings import OUTPUT_KINDS
 from beam_ml_flink.kafka import MESSAGE_FORMATS
 from beam_ml_flink.pipeline import OUTPUT_FORMATS
 from beam_ml_flink.services.kafka import JAVA_EXPANSION_PORT
@@ -210,6 +211,19 @@ class ImageClassificationOptions(PipelineOptions):
             help="json: one JSON line per image; csv: the original pipeline's path,index lines; "
             "parquet: typed columns (image, top_indices, top_labels, top_scores, model, "
             "metadata; failures: image, error).",
+        )
+        results.add_argument(
+            "--output_kind",
+            choices=OUTPUT_KINDS,
+            default="classes",
+            help="classes: each image's top classes (the default); embeddings: the model's "
+            "output vector per image (a model that returns features gives its features), as "
+            "JSON lines (image, embedding, model) or Parquet list<float32> columns.",
+        )
+        results.add_argument(
+            "--normalize_embeddings",
+            action="store_true",
+            help="With --output_kind embeddings: each vector divided by its L2 norm.",
         )
         preprocessing.add_argument(
             "--draft",

@@ -21,6 +21,7 @@ from apache_beam.typehints.decorators import no_annotations
 from beam_ml_flink._core import Classification
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.counts import FAILED_INFERENCE, FAILED_READ, count_failures
+from beam_ml_flink.embeddings import Embedding, embedding_record, embedding_schema
 from beam_ml_flink.stores import image_pattern, scheme
 
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
@@ -34,7 +35,7 @@ class Prediction(NamedTuple):
     """A classified image."""
 
     image: Any  # its key: the URI, or the message's MessageId
-    classification: Classification
+    classification: Classification | Embedding
     model: str | None  # the path of the model that classified it
 
 
@@ -79,7 +80,7 @@ class ReadImage(beam.DoFn):
 
 def _split_result(item: tuple[Any, PredictionResult]) -> Iterator[Any]:
     key, result = item
-    classification = cast(Classification, result.inference)
+    classification = cast(Classification | Embedding, result.inference)
     if classification.ok:
         yield Prediction(key, classification, result.model_id)
     else:
@@ -211,7 +212,12 @@ def _metadata(image: Any) -> dict[str, Any] | None:
 
 
 def prediction_json(prediction: Prediction) -> str:
-    """One output line of a classified image."""
+    """One output line of a classified image (or of an embedded one: its vector)."""
+    if isinstance(prediction.classification, Embedding):
+        line = embedding_record(prediction.image, prediction.classification, prediction.model)
+        if metadata := _metadata(prediction.image):
+            line["metadata"] = metadata
+        return json.dumps(line)
     record: dict[str, Any] = {
         "image": str(prediction.image),
         "top_k": [
@@ -227,9 +233,13 @@ def prediction_json(prediction: Prediction) -> str:
 
 
 def prediction_record(prediction: Prediction) -> dict[str, Any]:
-    """One row of the Parquet predictions (:data:`PREDICTION_SCHEMA`)."""
-    top_k = prediction.classification.top_k
+    """One row of the Parquet predictions (:func:`prediction_schema`, or
+    :func:`~beam_ml_flink.embeddings.embedding_schema` for an embedded image)."""
     metadata = _metadata(prediction.image)
+    if isinstance(prediction.classification, Embedding):
+        record = embedding_record(prediction.image, prediction.classification, prediction.model)
+        return {**record, "metadata": json.dumps(metadata) if metadata else None}
+    top_k = prediction.classification.top_k
     return {
         "image": str(prediction.image),
         "top_indices": [index for index, _, _ in top_k],
@@ -248,7 +258,8 @@ def failure_record(item: tuple[Any, str]) -> dict[str, str]:
 
 def prediction_csv(prediction: Prediction) -> str:
     """The original pipeline's ``path,index`` line (top-1 class index)."""
-    return f"{str(prediction.image)},{prediction.classification.top_k[0][0]}"
+    classification = cast(Classification, prediction.classification)
+    return f"{str(prediction.image)},{classification.top_k[0][0]}"
 
 
 def failure_json(item: tuple[str, str]) -> str:
@@ -280,16 +291,23 @@ def failure_schema() -> Any:
     return pa.schema([("image", pa.string()), ("error", pa.string())])
 
 
-def write_results(classified: ClassifiedImages, output: str, output_format: str = "json") -> None:
-    """Writes predictions to files starting with ``output`` and failures to ``output_failures``;
-    a streaming job writes a file per window, named by its start and end."""
+def write_results(
+    classified: ClassifiedImages,
+    output: str,
+    output_format: str = "json",
+    output_kind: str = "classes",
+) -> None:
+    """Writes predictions (or, with ``output_kind`` 'embeddings', vectors) to files starting
+    with ``output`` and failures to ``output_failures``; a streaming job writes a file per
+    window, named by its start and end."""
     if output_format == "parquet":
+        schema = embedding_schema() if output_kind == "embeddings" else prediction_schema()
         _ = (
             classified.predictions
             | "PredictionRows" >> beam.Map(prediction_record)
             | "WritePredictions"
             >> beam.io.WriteToParquet(
-                output, prediction_schema(), file_name_suffix=".parquet", record_batch_size=256
+                output, schema, file_name_suffix=".parquet", record_batch_size=256
             )
         )
         _ = (
