@@ -8,6 +8,7 @@ Use it keyed by image URI so every result names its image::
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -25,8 +26,15 @@ from beam_ml_flink.counts import (
     METRICS_NAMESPACE,
     failure_stage,
 )
-from beam_ml_flink.recipes import PreprocessRecipe, read_preprocess_config, with_explicit
+from beam_ml_flink.recipes import (
+    PreprocessRecipe,
+    find_recipe_beside,
+    read_preprocess_config,
+    with_explicit,
+)
 from beam_ml_flink.streaming import ModelWatch
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +83,11 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             ``preprocessor_config.json``, a path or a URI of any Beam filesystem, read once
             here (the workers never read it), as :func:`beam_ml_flink.read_preprocess_config`
             reads it. ``resize``, ``crop``, ``crop_pct``, ``interpolation``, ``mean`` and
-            ``std`` given here win over the file's.
+            ``std`` given here win over the file's. None: the recipe beside the model when
+            there is one, ``model_path`` with its extension replaced by ``.preprocess.json``
+            (``resnet50.pt2`` -> ``resnet50.preprocess.json``, as
+            ``python -m beam_ml_flink.compile`` writes it), read and logged at INFO; else
+            torchvision's ImageNet recipe.
         labels: Class names, or a path to a text file with one name per line.
         top_k: How many classes each result keeps.
         model_name: A torchvision architecture (e.g. 'mobilenet_v2', 'resnet101') whose state dict
@@ -141,6 +153,14 @@ class ImageClassifierHandler(ModelHandler[bytes, PredictionResult, ImageClassifi
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         self._model_path = str(model_path)
         self._device = normalize_device(device)
+        if preprocess_config is None:
+            preprocess_config = find_recipe_beside(self._model_path)
+            if preprocess_config is not None:
+                logger.info(
+                    "preprocessing images by the recipe beside the model: %s "
+                    "(preprocess_config= replaces it; preprocessing arguments given win over it)",
+                    preprocess_config,
+                )
         recipe = with_explicit(
             DEFAULT_RECIPE
             if preprocess_config is None

@@ -42,6 +42,9 @@ _HF_FIELDS = {
     "crop_size",
     "resample",
 }
+#: What the recipe file beside a model is named: the model's name with this in place of its
+#: extension (see recipe_beside).
+RECIPE_SUFFIX = ".preprocess.json"
 # A URI's scheme, as Beam's FileSystems.get_scheme finds it.
 _SCHEME = re.compile(r"([a-zA-Z][-a-zA-Z0-9+.]*)://")
 # Pillow's Image.Resampling values, which a preprocessor_config.json's "resample" holds.
@@ -139,6 +142,31 @@ def with_explicit(
     if std is not None:
         merged["std"] = _triple(std, "std", "the values given")
     return merged
+
+
+def recipe_beside(model_path: str) -> str:
+    """Where a model's recipe sits: its path with the extension replaced by
+    ``.preprocess.json`` (``models/resnet50.pt2`` -> ``models/resnet50.preprocess.json``; a
+    name without an extension gets it appended). ``python -m beam_ml_flink.compile`` writes the
+    preprocessing config of a timm or Hugging Face model there."""
+    head, slash, name = model_path.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}{slash}{stem}{RECIPE_SUFFIX}"
+
+
+def find_recipe_beside(model_path: str) -> str | None:
+    """The recipe file beside ``model_path`` (see :func:`recipe_beside`) when there is one: a
+    local file, or an object of a Beam filesystem beside a remote model."""
+    candidate = recipe_beside(model_path)
+    scheme = _SCHEME.match(candidate)
+    if scheme is None or scheme.group(1) == "file":
+        return candidate if os.path.isfile(candidate.removeprefix("file://")) else None
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return candidate if FileSystems.exists(candidate) else None
+    except Exception:  # noqa: BLE001 - a filesystem that cannot say: the model's load will
+        return None
 
 
 def _load(config: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
@@ -453,4 +481,11 @@ def _positive_int(value: Any, field: str, source: str) -> int:
     raise ValueError(f"{source}: {field} must hold positive integers, got {value!r}")
 
 
-__all__ = ["PreprocessRecipe", "read_preprocess_config", "with_explicit"]
+__all__ = [
+    "RECIPE_SUFFIX",
+    "PreprocessRecipe",
+    "find_recipe_beside",
+    "read_preprocess_config",
+    "recipe_beside",
+    "with_explicit",
+]
