@@ -21,6 +21,7 @@ import pytest
 import timm
 import torch
 import transformers
+from apache_beam.io.localfilesystem import LocalFileSystem
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -28,8 +29,6 @@ import beam_ml_flink as bmf
 from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.recipes import find_recipe_beside, recipe_beside
 from conftest import DEMO_MODEL, IMAGENET_LABELS, IMAGES
-
-pytestmark = pytest.mark.slow
 
 # Packages against the libraries' eager forward on the 11 photos, measured: the pretrained
 # EfficientNet-Lite0 (logits up to 11.4) differs by 1.1e-5 at most, the tiny ViT (up to 0.27)
@@ -116,6 +115,7 @@ def tiny_vit(folder: Path, seed: int) -> Any:
     return model
 
 
+@pytest.mark.slow
 def test_timm_package_from_safetensors_runs_as_timm_by_its_recipe(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -204,6 +204,7 @@ def test_timm_classes_come_from_the_weights(tmp_path: Path) -> None:
     assert load_timm(args).model.num_classes == 0
 
 
+@pytest.mark.slow
 def test_hugging_face_folder_runs_as_transformers(tmp_path: Path) -> None:
     folder = tmp_path / "tiny-vit"
     model = tiny_vit(folder, seed=5)
@@ -232,6 +233,7 @@ def test_hugging_face_folder_runs_as_transformers(tmp_path: Path) -> None:
     assert_close(ours, theirs)
 
 
+@pytest.mark.slow
 def test_hugging_face_vision_model_returns_its_pooled_output(tmp_path: Path) -> None:
     # A ConvNeXt backbone without a classification head (architectures: ConvNextModel) and
     # without a preprocessor config: the package returns the pooled features, with no recipe.
@@ -274,6 +276,35 @@ def test_the_recipe_beside_a_model_is_found_by_its_name(tmp_path: Path) -> None:
     assert find_recipe_beside(str(model)) == str(tmp_path / "model.preprocess.json")
 
 
+class BesideFileSystem(LocalFileSystem):
+    """A Beam filesystem of its own scheme (beside://PATH is the local PATH): a model URI that
+    only Beam's FileSystems can look beside, as with s3:// and gs://."""
+
+    @classmethod
+    def scheme(cls) -> str:
+        return "beside"
+
+    def exists(self, path: str) -> bool:
+        return super().exists(path.removeprefix("beside://"))
+
+    def _path_open(self, path: str, *args: Any) -> Any:
+        return super()._path_open(path.removeprefix("beside://"), *args)
+
+
+def test_the_recipe_beside_a_remote_model_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = {"input_size": [3, 256, 256], "crop_pct": 0.95, "interpolation": "bilinear"}
+    (tmp_path / "model.preprocess.json").write_text(json.dumps(cfg))
+    with caplog.at_level(logging.INFO, logger="beam_ml_flink.beam"):
+        handler = ImageClassifierHandler(f"beside://{tmp_path}/model.pt2")
+    assert f"beside://{tmp_path}/model.preprocess.json" in caplog.text
+    assert recipe_of(handler) == bmf.read_preprocess_config(cfg)
+    # Without one beside it (or with preprocess_config= given), the defaults.
+    (tmp_path / "model.preprocess.json").unlink()
+    assert recipe_of(ImageClassifierHandler(f"beside://{tmp_path}/model.pt2"))["crop"] == 224
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -292,15 +323,24 @@ def test_the_recipe_beside_a_model_is_found_by_its_name(tmp_path: Path) -> None:
             "do not fit torchvision's resnet18: 'conv1.weight' is (16, 3, 3, 3)",
         ),
         (
+            ["--hf", "{tmp}/vit", "--model_state_dict_path", "{weights}"],
+            "do not fit the ViTForImageClassification of {tmp}/vit/config.json: "
+            "'classifier.bias' is missing from the file",
+        ),
+        (
             ["--timm", "resnet18", "--model_state_dict_path", "{tmp}/missing.safetensors"],
             "--model_state_dict_path {tmp}/missing.safetensors does not exist",
         ),
     ],
 )
+@pytest.mark.slow
 def test_compile_errors_are_sentences(args: list[str], message: str, tmp_path: Path) -> None:
     weights = tmp_path / "other.safetensors"
     # Another architecture's weights that share its first key's name.
     save_file({"conv1.weight": torch.zeros(16, 3, 3, 3)}, str(weights))
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["ViTForImageClassification"]
+    config.save_pretrained(tmp_path / "vit")
     filled = [a.format(tmp=tmp_path, weights=weights) for a in args]
     run = run_compile(*filled, "--output", str(tmp_path / "out"))
     assert run.returncode == 2, run.stderr
