@@ -277,7 +277,9 @@ def load_source(args: argparse.Namespace) -> Source:
     torch.manual_seed(args.seed)
     model = models.get_model(args.model_name, weights=None)
     data = f"random seed {args.seed}".encode()
-    if args.model_state_dict_path:
+    if not args.model_state_dict_path:
+        random_weights("no --model_state_dict_path", args.seed)
+    else:
         path = Path(args.model_state_dict_path)
         load_weights(model, read_weights(path), path, f"torchvision's {args.model_name}")
         data = path.read_bytes()
@@ -307,7 +309,9 @@ def load_timm(args: argparse.Namespace) -> Source:
     model = timm.create_model(name, pretrained=False)
     pretrained_cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}))
     identity = f"timm {timm.__version__} {name} random seed {args.seed}".encode()
-    if args.model_state_dict_path:
+    if not args.model_state_dict_path:
+        random_weights("no --model_state_dict_path", args.seed)
+    else:
         path = Path(args.model_state_dict_path)
         weights = read_weights(path)
         classifier = pretrained_cfg.get("classifier")
@@ -356,7 +360,8 @@ def load_hugging_face(args: argparse.Namespace) -> Source:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     identity = config_file.read_bytes()
-    shards = sorted(folder.glob("model*.safetensors"))
+    # save_pretrained's weights, one file or shards with their index; or the older .bin ones.
+    shards = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     with tempfile.TemporaryDirectory() as scratch:
         weights_folder = weights_named = folder
         if args.model_state_dict_path:
@@ -387,6 +392,7 @@ def load_hugging_face(args: argparse.Namespace) -> Source:
                     "or vision model"
                 ) from e
             identity += f"random seed {args.seed}".encode()
+            random_weights(f"{folder} has no model.safetensors", args.seed)
     preprocessor = folder / "preprocessor_config.json"
     preprocess_config = None
     if preprocessor.is_file():
@@ -457,6 +463,10 @@ def _tensor_output(model: Any, field: str, config_file: Path) -> Any:
             "a pooler, or compile your own wrapper with --factory"
         )
     return module
+
+
+def random_weights(why: str, seed: int) -> None:
+    print(f"note: {why}: the model's weights are random (--seed {seed})", file=sys.stderr)
 
 
 def _tensor_bytes(state: Mapping[str, Any]) -> bytes:
