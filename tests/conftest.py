@@ -119,3 +119,16 @@ def flipped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("flipped") / "flipped.pt"
     torch.jit.save(torch.jit.script(_Flipped(torch.jit.load(str(DEMO_MODEL)))), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def features_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretrained EfficientNet-Lite0 with its classifier taken off: its 1280 pooled
+    features, traced to TorchScript."""
+    from make_demo import efficientnet_lite0, trace
+
+    model = efficientnet_lite0()
+    model._fc = torch.nn.Identity()
+    path = tmp_path_factory.mktemp("features") / "efficientnet_lite0_features.pt"
+    trace(model, path)
+    return path

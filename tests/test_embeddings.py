@@ -6,7 +6,6 @@ bad images in place as NaN rows and reasons. The pretrained EfficientNet-Lite0's
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,7 @@ from PIL import Image
 from test_cli import classify, read_jsonl
 
 import beam_ml_flink as bmf
-from conftest import DATA, DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, encode, reference
-
-
-@pytest.fixture(scope="module")
-def features_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pretrained EfficientNet-Lite0 with its classifier taken off: its 1280 pooled
-    features, traced to TorchScript."""
-    sys.path.insert(0, str(DATA))
-    from make_demo import efficientnet_lite0, trace
-
-    model = efficientnet_lite0()
-    model._fc = torch.nn.Identity()
-    path = tmp_path_factory.mktemp("features") / "efficientnet_lite0_features.pt"
-    trace(model, path)
-    return path
+from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, encode, reference
 
 
 def test_embeddings_are_the_model_outputs_with_bad_images_in_place(

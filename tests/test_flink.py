@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from make_hostile import Case
 from test_cli import classify, demo_args, image_list, read_jsonl
+from test_embeddings import torch_features
 from test_streaming import run_streaming_scenario
 
 from beam_ml_flink import services
@@ -168,6 +170,46 @@ def test_local_cluster_through_the_job_server(
     predictions, failures = direct
     counted = f": {len(predictions)} images classified, {len(failures)} failed ("
     assert counted in run.stderr, run.stderr[-2000:]
+
+
+def test_embeddings_on_the_local_cluster_with_a_worker_pool(
+    local_flink: tuple[services.JobServer, services.LocalFlinkCluster],
+    features_model: Path,
+    photos: dict[str, bytes],
+    tmp_path: Path,
+) -> None:
+    """`--output_kind embeddings` on the local cluster, the SDK workers in a pool of their own
+    (EXTERNAL): every photo's row holds torch's normalised features, in Parquet."""
+    import pyarrow.parquet as pq
+
+    server, cluster = local_flink
+    listing = image_list(tmp_path, [str(IMAGES / name) for name in photos])
+    out = tmp_path / "out" / "vectors"
+    with sdk_environment("EXTERNAL", tmp_path) as environment_args:
+        run = classify(
+            f"--input={listing}",
+            f"--output={out}",
+            f"--model_path={features_model}",
+            "--mean=0.5,0.5,0.5",
+            "--std=0.5,0.5,0.5",
+            "--batch_size=4",
+            "--output_kind=embeddings",
+            "--normalize_embeddings",
+            "--output_format=parquet",
+            "--runner=PortableRunner",
+            f"--job_endpoint={server.endpoint}",
+            f"--flink_master={cluster.master}",
+            *environment_args,
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = torch_features(features_model, photos)
+    files = sorted(out.parent.glob("vectors-*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    got = {Path(r["image"]).name: r["embedding"] for r in rows}
+    assert sorted(got) == sorted(expected)
+    for name, vector in got.items():
+        np.testing.assert_allclose(vector, expected[name], atol=1e-5, rtol=0, err_msg=name)
+    assert f": {len(photos)} images classified, 0 failed" in run.stderr, run.stderr[-2000:]
 
 
 @contextlib.contextmanager
