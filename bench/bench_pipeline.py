@@ -11,12 +11,17 @@ run, rounds alternate the contenders so that machine noise hits all of them:
 - limit: the bare model forward on ready tensors of batch 32, as saved, and limit optimized;
   and the optimized forward in passes of 8 images, as ours runs the model on the CPU;
 - on request (--contenders): ours fp16 and ours bf16, the model in half precision;
+- embeddings: each image's L2-normalised model output instead of its class, the stock path
+  (its Map, then Beam's handler, then torch.nn.functional.normalize of each output) against
+  ours (ImageEmbedderHandler(normalize=True): one embed call per batch); their agreement is the
+  argmax of the vectors;
 - AOTInductor packages (python -m beam_ml_flink.compile, made once per machine kind): ours with
   the fp32 package and with the int8 package, the stock Beam PyTorch path whose model is the
   loaded fp32 package (torch._inductor.aoti_load_package, run in passes of 8 as ours runs it: a
   package may bound its batch size), and the bare package forward in passes of 8.
 
-Each row's top-1 agreement is counted against the stock path (TorchScript, fp32).
+Each row's top-1 agreement and speed ratio are counted against the stock path (TorchScript,
+fp32), an embeddings row's against the stock embeddings.
 
 With --device cuda every contender's model runs on the GPU (Beam's handler with device="GPU";
 the limits copy each ready batch to the GPU inside the clock), and the results go to
@@ -75,6 +80,8 @@ CONTENDERS = [
     "limit optimized",
     "limit optimized (passes of 8)",
     *PACKAGE_CONTENDERS,
+    "stock embeddings",
+    "ours embeddings",
 ]
 
 
@@ -157,7 +164,14 @@ def make_packages(
 
 
 def stock_pipeline(
-    paths: list[str], model: str, mean, std, optimize: bool, runner: str, device: str
+    paths: list[str],
+    model: str,
+    mean,
+    std,
+    optimize: bool,
+    runner: str,
+    device: str,
+    embed: bool = False,
 ) -> dict:
     import apache_beam as beam
     import torch
@@ -214,13 +228,20 @@ def stock_pipeline(
         **kwargs,
     )
 
+    def answer(kv):
+        output = kv[1].inference
+        if embed:  # the vector a job would write: normalised, on the CPU, as numpy
+            vector = torch.nn.functional.normalize(output, dim=0).cpu().numpy()
+            return kv[0], int(vector.argmax())
+        return kv[0], int(output.argmax())
+
     def build(p):
         uris = p | beam.Create(paths)
         return uris, (
             uris
             | beam.Map(preprocess)
             | RunInference(KeyedModelHandler(handler))
-            | beam.Map(lambda kv: (kv[0], int(kv[1].inference.argmax())))
+            | beam.Map(answer)
         )
 
     return _run(runner, build)
@@ -236,17 +257,20 @@ def ours_pipeline(
     device: str,
     precision: str = "fp32",
     resize: int | tuple[int, int] = 256,
+    embed: bool = False,
 ) -> dict:
     import apache_beam as beam
 
     from beam_ml_flink.beam import ImageClassifierHandler
+    from beam_ml_flink.embeddings import ImageEmbedderHandler
     from beam_ml_flink.pipeline import ClassifyImages
 
-    handler = ImageClassifierHandler(
+    kind = {"normalize": True} if embed else {"top_k": 1}
+    handler = (ImageEmbedderHandler if embed else ImageClassifierHandler)(
         model,
         mean=mean,
         std=std,
-        top_k=1,
+        **kind,
         optimize=optimize,
         device=device,
         precision=precision,
@@ -259,7 +283,9 @@ def ours_pipeline(
         uris = p | beam.Create(paths)
         return uris, (
             (uris | ClassifyImages(handler)).predictions
-            | beam.Map(lambda kv: (kv[0], kv[1].top_k[0][0]))
+            | beam.Map(
+                lambda kv: (kv[0], int(kv[1].vector.argmax()) if embed else kv[1].top_k[0][0])
+            )
         )
 
     return _run(runner, build)
@@ -361,6 +387,8 @@ CHILD = {
     "ours package": (ours_pipeline, True),
     "ours int8": (ours_pipeline, True),
     "limit package (passes of 8)": (partial(bare_forward, passes_of=8), True),
+    "stock embeddings": (partial(stock_pipeline, embed=True), False),
+    "ours embeddings": (partial(ours_pipeline, embed=True), True),
 }
 
 
@@ -479,6 +507,11 @@ def main() -> None:
     write_results(rows, args.repeats, args.device)
 
 
+def baseline(contender: str) -> str:
+    """The stock contender a row is set against: the stock embeddings for an embeddings row."""
+    return "stock embeddings" if contender.endswith("embeddings") else "stock"
+
+
 def summarize(runner: str, model: str, images: str, count: int, results: dict) -> dict:
     rates = {
         c: sorted(count / r["steady_seconds"] for r in runs) for c, runs in results.items() if runs
@@ -489,13 +522,12 @@ def summarize(runner: str, model: str, images: str, count: int, results: dict) -
         if runs
     }
     rss = {c: max(r["peak_rss_mb"] for r in runs) for c, runs in results.items() if runs}
-    stock_top1 = results["stock"][0]["top1"] if results.get("stock") else None
     agree = {}
-    if stock_top1:
-        for contender, runs in results.items():
-            if runs and contender != "stock":
-                top1 = runs[0]["top1"]
-                agree[contender] = sum(top1[k] == v for k, v in stock_top1.items())
+    for contender, runs in results.items():
+        stock = results.get(baseline(contender))
+        if runs and stock and contender != baseline(contender):
+            top1 = runs[0]["top1"]
+            agree[contender] = sum(top1[k] == v for k, v in stock[0]["top1"].items())
     return {
         "runner": runner,
         "model": model,
@@ -534,9 +566,9 @@ def write_results(rows: list[dict], repeats: int, device: str) -> None:
         (r["model"], r["images"]): r["rates"]["limit"][0] for r in rows if "limit" in r["rates"]
     }
     for row in rows:
-        stock = row["rates"].get("stock", (None,))[0]
         limit = limits.get((row["model"], row["images"]))
         for contender, (median, low, high) in row["rates"].items():
+            stock = row["rates"].get(baseline(contender), (None,))[0]
             vs_stock = f"{median / stock:.2f}x" if stock else ""
             vs_limit = f"{median / limit:.0%}" if limit else ""
             agree = row["top1_agree"].get(contender)
