@@ -119,6 +119,17 @@ def test_the_command_writes_every_image_s_vector_or_its_failure(
         failures = [r for f in failed for r in pq.read_table(f).to_pylist()]
         schema = pq.read_schema(files[0])
         assert schema.field("embedding").type.value_type == pa.float32()
+        # And clip-retrieval's layout: each shard's vectors as .npy, its images beside them.
+        stacked = []
+        for i, shard in enumerate(files):
+            table = pq.read_table(shard).to_pylist()
+            vectors = np.load(out.parent / "vectors_img_emb" / f"img_emb_{i}.npy")
+            meta = pq.read_table(out.parent / "vectors_metadata" / f"metadata_{i}.parquet")
+            assert vectors.dtype == np.float32 and vectors.shape == (len(table), 1280)
+            assert meta.column("image").to_pylist() == [r["image"] for r in table]
+            np.testing.assert_array_equal(vectors, [r["embedding"] for r in table])
+            stacked.append(vectors)
+        assert sum(len(v) for v in stacked) == len(photos)
     else:
         rows = read_jsonl(sorted(out.parent.glob("vectors-*.jsonl")))
         failures = read_jsonl(sorted(out.parent.glob("vectors_failures-*.jsonl")))

@@ -53,7 +53,7 @@ from beam_ml_flink.counts import (
     METRICS_NAMESPACE,
     failures_by_stage,
 )
-from beam_ml_flink.embeddings import ImageEmbedderHandler
+from beam_ml_flink.embeddings import ImageEmbedderHandler, write_npy_shards
 from beam_ml_flink.kafka import ClassifyMessages, ReadMessages, write_messages
 from beam_ml_flink.messages import consumer_lag
 from beam_ml_flink.options import (
@@ -484,6 +484,13 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     failed = log_summary(
         result, time.perf_counter() - started, flink_master(options), failures_output(args)
     )
+    if args.output_kind == "embeddings" and args.output_format == "parquet" and not streaming:
+        if npy := write_npy_shards(args.output):
+            logger.info(
+                "the vectors as %d .npy shards, each with its images in a Parquet file: %s, ...",
+                len(npy) // 2,
+                ", ".join(npy[:2]),
+            )
     if args.show and args.output:
         print_results(args.output, args.show)
     if args.fail_on_error and failed != 0:

@@ -79,3 +79,40 @@ def embedding_schema() -> Any:
             ("metadata", pa.string()),
         ]
     )
+
+
+def write_npy_shards(output: str) -> list[str]:
+    """The layout clip-retrieval reads, from the Parquet shards a batch job wrote under the
+    ``output`` prefix: for shard ``i`` (in name order), ``OUTPUT_img_emb/img_emb_i.npy`` (the
+    vectors, float32 [n, dim]) and ``OUTPUT_metadata/metadata_i.parquet`` (``image``, ``model``,
+    ``metadata``), row for row. Read and written through Beam's filesystems (local or a store).
+    Returns the files written."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{output}-*-of-*.parquet"
+    shards = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    written = []
+    for i, shard in enumerate(shards):
+        with FileSystems.open(shard) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        column = table.column("embedding").combine_chunks()
+        dim = len(column[0]) if len(column) else 0
+        vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)
+        vectors_path = f"{output}_img_emb/img_emb_{i}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        with FileSystems.create(vectors_path) as f:
+            f.write(buffer.getvalue())
+        metadata_path = f"{output}_metadata/metadata_{i}.parquet"
+        buffer = io.BytesIO()
+        pq.write_table(
+            pa.table({n: table.column(n) for n in ("image", "model", "metadata")}), buffer
+        )
+        with FileSystems.create(metadata_path) as f:
+            f.write(buffer.getvalue())
+        written += [vectors_path, metadata_path]
+    return written
