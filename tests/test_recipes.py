@@ -444,3 +444,53 @@ def test_the_cli_reads_the_file_and_its_flags_win(photos: dict[str, bytes], tmp_
             probabilities = torch.softmax(model(batch), 1)[0]
         assert got[name]["index"] == int(probabilities.argmax())
         assert got[name]["score"] == pytest.approx(float(probabilities.max()), abs=5e-4)
+
+
+def test_the_cli_reads_the_recipe_beside_the_model(
+    photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    """A model with NAME.preprocess.json beside it (as `python -m beam_ml_flink.compile` writes
+    it) is preprocessed by that recipe when no preprocessing flag is given: bicubic, timm's
+    crop_pct 0.95, mean = std = 0.5 here, which the answers show against torch's."""
+    model_path = tmp_path / "demo.pt"
+    model_path.write_bytes(DEMO_MODEL.read_bytes())
+    write_json(
+        tmp_path / "demo.preprocess.json",
+        {"crop_pct": 0.95, "interpolation": "bicubic", "mean": DEMO_MEAN, "std": DEMO_STD},
+    )
+    out = tmp_path / "out" / "results"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_ml_flink",
+            f"--input={IMAGES}/ch*",
+            f"--output={out}",
+            f"--model_path={model_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"the recipe beside the model: {tmp_path / 'demo.preprocess.json'}" in run.stderr
+    records = [
+        json.loads(line)
+        for f in sorted(out.parent.glob("results-*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    got = {Path(r["image"]).name: r["top_k"][0] for r in records}
+    assert sorted(got) == ["chelsea.png", "china.jpg"]
+    model = torch.jit.load(str(DEMO_MODEL)).eval()
+    for name, top1 in got.items():
+        batch = reference(
+            photos[name],
+            resize=math.floor(224 / 0.95),
+            interpolation="bicubic",
+            mean=DEMO_MEAN,
+            std=DEMO_STD,
+        ).unsqueeze(0)
+        with torch.no_grad():
+            probabilities = torch.softmax(model(batch), 1)[0]
+        assert top1["index"] == int(probabilities.argmax())
+        assert top1["score"] == pytest.approx(float(probabilities.max()), abs=5e-4)

@@ -396,8 +396,10 @@ def _given(argv: list[str], option: str) -> bool:
 def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     """The model handler the flags describe."""
     resize = args.resize
+    # None leaves the handler its recipe: the --preprocess_config file's, the one beside the
+    # model, or torchvision's Resize(256).
     if resize is None and args.crop_pct is None and args.preprocess_config is None:
-        resize = STATE_DICT_RESIZE if args.model_state_dict_path else 256
+        resize = STATE_DICT_RESIZE if args.model_state_dict_path else None
     handler: type[ImageClassifierHandler] = ImageClassifierHandler
     kind: dict[str, Any] = {"labels": args.labels, "top_k": args.top_k}
     if args.output_kind == "embeddings":
