@@ -613,7 +613,11 @@ def wait_or_cancel(
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: where the command inherited SIGINT ignored (a script's background job), the
+    # handler Beam's job server installed stops Prism and then raises nothing, and the job
+    # would end in an error instead of cancelled.
     previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         if stop_after is None:
             result.wait_until_finish()
@@ -627,6 +631,7 @@ def wait_or_cancel(
         cancel(result, flink_rest)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def log_summary(
