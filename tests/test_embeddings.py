@@ -81,6 +81,21 @@ def torch_features(model_path: Path, photos: dict[str, bytes]) -> dict[str, np.n
     return dict(zip(photos, vectors, strict=True))
 
 
+def embeddings_args(listing: Path, out: Path, model: Path, output_format: str) -> list[str]:
+    """The command's flags for the normalised features of `model` (the demo's normalization)."""
+    return [
+        f"--input={listing}",
+        f"--output={out}",
+        f"--model_path={model}",
+        "--mean=" + ",".join(map(str, DEMO_MEAN)),
+        "--std=" + ",".join(map(str, DEMO_STD)),
+        "--batch_size=4",
+        "--output_kind=embeddings",
+        "--normalize_embeddings",
+        f"--output_format={output_format}",
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("output_format", ["parquet", "json"])
 def test_the_command_writes_every_image_s_vector_or_its_failure(
@@ -98,16 +113,7 @@ def test_the_command_writes_every_image_s_vector_or_its_failure(
     listing.write_text("\n".join([*(str(IMAGES / n) for n in photos), *map(str, bad)]) + "\n")
     out = tmp_path / "out" / "vectors"
     run = classify(
-        f"--input={listing}",
-        f"--output={out}",
-        f"--model_path={features_model}",
-        "--mean=0.5,0.5,0.5",
-        "--std=0.5,0.5,0.5",
-        "--batch_size=4",
-        "--output_kind=embeddings",
-        "--normalize_embeddings",
-        f"--output_format={output_format}",
-        "--runner=DirectRunner",
+        *embeddings_args(listing, out, features_model, output_format), "--runner=DirectRunner"
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr

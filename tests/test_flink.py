@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from make_hostile import Case
 from test_cli import classify, demo_args, image_list, read_jsonl
-from test_embeddings import torch_features
+from test_embeddings import embeddings_args, torch_features
 from test_streaming import run_streaming_scenario
 
 from beam_ml_flink import services
@@ -187,15 +187,7 @@ def test_embeddings_on_the_local_cluster_with_a_worker_pool(
     out = tmp_path / "out" / "vectors"
     with sdk_environment("EXTERNAL", tmp_path) as environment_args:
         run = classify(
-            f"--input={listing}",
-            f"--output={out}",
-            f"--model_path={features_model}",
-            "--mean=0.5,0.5,0.5",
-            "--std=0.5,0.5,0.5",
-            "--batch_size=4",
-            "--output_kind=embeddings",
-            "--normalize_embeddings",
-            "--output_format=parquet",
+            *embeddings_args(listing, out, features_model, "parquet"),
             "--runner=PortableRunner",
             f"--job_endpoint={server.endpoint}",
             f"--flink_master={cluster.master}",
