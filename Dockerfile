@@ -33,6 +33,8 @@ FROM ${SDK_IMAGE} AS cpu
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
 COPY --from=builder /dist /tmp/dist
-RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" /tmp/dist/*.whl \
+# The extras: Beam's shard readers, and its S3 filesystem (boto3) for s3:// paths.
+RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
+      "$(ls /tmp/dist/*.whl)[beam,aws]" \
  && rm -rf /tmp/dist \
  && python -c "import beam_ml_flink"

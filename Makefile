@@ -285,6 +285,28 @@ run-portable-flink-docker-local: init flink $(JOB_SERVER_JAR) container-engine #
 		--model_path $(abspath $(MODEL)) $(if $(LABELS),--labels $(abspath $(LABELS))) $(NORMALIZE) --show 20 \
 		$(PORTABLE_RUNNER) --environment_type DOCKER --environment_config $(LOCAL_IMAGE) $(ARGS)
 
+# A cluster whose machines share nothing, in containers on one podman network: the object store,
+# a JobManager, TASKMANAGERS TaskManager pods (2 unless given; each with the worker image as its SDK
+# worker pool sidecar, as deploy/kubernetes/ lays it out) and Beam's job server; no folder of this
+# machine is mounted in any of them. INPUT, MODEL and LABELS are put into the store, the job runs
+# on their URIs with its output in the store too (OUTPUT_FORMAT json or parquet), the output
+# objects are got back into OUTPUT*, and everything is removed.
+OUTPUT_FORMAT ?= json
+STORE_BUCKET := beam-ml-flink
+POD_TASKMANAGERS = $(if $(filter command line environment,$(origin TASKMANAGERS)),$(TASKMANAGERS),2)
+
+.PHONY: run-cluster
+run-cluster: init docker-flink docker-job-server docker-object-store docker-cpu ## Classify INPUT on a Flink cluster in containers sharing nothing, everything in an object store (TASKMANAGERS, OUTPUT_FORMAT)
+	rm -f $(OUTPUT)-*-of-* $(OUTPUT)_failures-*-of-*
+	$(PLAIN_ENGINE) $(SERVICES) --pod-cluster $(FLINK_IMAGE) --taskmanagers $(POD_TASKMANAGERS) \
+		--flink-deployment deploy/kubernetes/flink-deployment.yaml --job-server-image $(JOB_SERVER_IMAGE) \
+		--worker-image $(LOCAL_IMAGE) --object-store-image $(OBJECT_STORE_IMAGE) --buckets $(STORE_BUCKET) -- \
+	$(PY) -m beam_ml_flink.objects --store s3://$(STORE_BUCKET)/$@ --input $(INPUT) --model $(MODEL) \
+		$(if $(LABELS),--labels $(LABELS)) --output $(OUTPUT) -- \
+	$(PY) -m beam_ml_flink $(NORMALIZE) --output_format $(OUTPUT_FORMAT) --show 20 \
+		--runner PortableRunner --job_endpoint localhost:8099 --environment_type EXTERNAL \
+		--environment_config localhost:50000 $(ARGS)
+
 # Dataproc and Docker: the SDK worker image, a Dataproc cluster with Flink and Docker, and the job
 # submitted by a local job server to the cluster's Flink through an SSH tunnel. Settings: .env.
 # DRY_RUN=1 prints each gcloud and docker command instead of running it.
@@ -373,6 +395,7 @@ PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH C
 JAVA_IMAGE := localhost/beam-ml-flink/java:17
 FLINK_IMAGE := localhost/beam-ml-flink/flink:$(FLINK_VERSION)
 JOB_SERVER_IMAGE := localhost/beam-ml-flink/flink-job-server:flink-$(FLINK_MINOR)
+OBJECT_STORE_IMAGE := localhost/beam-ml-flink/s3proxy:3.3.0
 
 .PHONY: container-java
 container-java: container-debian ## Make the Java 17 base image (Debian's headless JRE on the Debian base), once
@@ -390,6 +413,11 @@ docker-job-server: container-java $(JOB_SERVER_JAR) ## Build the image of Beam's
 	$(PLAIN_ENGINE) podman build --quiet --build-arg JAVA_IMAGE=$(JAVA_IMAGE) \
 		-f data/container/flink-job-server.Dockerfile --tag $(JOB_SERVER_IMAGE) $(dir $(JOB_SERVER_JAR))
 
+.PHONY: docker-object-store
+docker-object-store: container-java $(S3PROXY_JAR) ## Build the object store's image (S3Proxy) from build/s3proxy
+	$(PLAIN_ENGINE) podman build --quiet --build-arg JAVA_IMAGE=$(JAVA_IMAGE) \
+		-f data/container/s3proxy.Dockerfile --tag $(OBJECT_STORE_IMAGE) $(dir $(S3PROXY_JAR))
+
 .PHONY: docker-cpu
 docker-cpu: ## Build the CPU SDK worker image: from the public images with Docker, else from bases made here
 ifneq ($(DRY_RUN),)
@@ -399,7 +427,7 @@ else
 		docker build --target cpu --build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) \
 			--tag $(LOCAL_IMAGE) --tag $(CPU_IMAGE_URI) . ; \
 	else $(MAKE) --no-print-directory container-bases && \
-		$(WITH_ENGINE) podman build --network host --target cpu \
+		$(PLAIN_ENGINE) podman build --network host --target cpu \
 			--build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) \
 			--build-arg BUILDER_IMAGE=$(BUILDER_BASE_IMAGE) --build-arg SDK_IMAGE=$(SDK_BASE_IMAGE) \
 			--build-arg TORCH_INDEX_URL=https://pypi.org/simple \
@@ -462,7 +490,7 @@ test-python: init $(WHEEL_BUILT) models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA
 test-cluster: $(VENV)/.deps docker-flink docker-job-server ## A Flink cluster in containers (JobManager, TASKMANAGERS TaskManager pods, job server, one podman network): registered, sharing nothing, runs a pipeline, gone after
 	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) BMF_JOB_SERVER_IMAGE=$(JOB_SERVER_IMAGE) \
 		BMF_WORKER_IMAGE=$$(podman image exists $(LOCAL_IMAGE) && echo $(LOCAL_IMAGE) || echo $(SDK_BASE_IMAGE)) \
-		BMF_TASKMANAGERS=$(if $(filter command line environment,$(origin TASKMANAGERS)),$(TASKMANAGERS),2) \
+		BMF_TASKMANAGERS=$(POD_TASKMANAGERS) \
 		$(PY) -m pytest tests/test_pod_cluster.py -v
 
 .PHONY: test-docker

@@ -3,18 +3,28 @@ one podman network (`make test-cluster` builds the image with `make docker-flink
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from make_hostile import Case
+from make_shards import Shards, make_shards
+from test_flink import direct, inputs, results  # noqa: F401 (fixtures)
 
+from beam_ml_flink.messages import image_paths
+from beam_ml_flink.objects import object_key
 from beam_ml_flink.services import ARTIFACT_PORT, EXPANSION_PORT, JOB_PORT
 from beam_ml_flink.services.pod_cluster import (
     WORKER_POOL_ARGS,
@@ -24,6 +34,7 @@ from beam_ml_flink.services.pod_cluster import (
     image_exists,
     podman_missing,
 )
+from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGENET_LABELS, IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kubernetes" / "flink-deployment.yaml"
@@ -218,3 +229,237 @@ def test_a_pipeline_from_this_machine_runs_on_the_taskmanager_pods() -> None:
         state = pipeline.run().wait_until_finish(duration=300_000)
         assert state == "DONE"
         assert cluster.overview()["jobs-finished"] == 1
+
+
+# The cluster's own pipeline: our worker image (make docker-cpu) as the sidecars and the object
+# store (make docker-object-store) on the cluster's network; the inputs, model, labels and outputs
+# are objects, and the client on this machine sees only endpoints and URIs.
+OBJECT_STORE_IMAGE = os.environ.get(
+    "BMF_OBJECT_STORE_IMAGE", "localhost/beam-ml-flink/s3proxy:3.3.0"
+)
+BUCKET = "beam-ml-flink"
+needs_store_cluster = pytest.mark.skipif(
+    not image_exists(JOB_SERVER_IMAGE)
+    or not image_exists(OBJECT_STORE_IMAGE)
+    or not image_exists(WORKER_IMAGE)
+    or "beam_python3.11_sdk" in WORKER_IMAGE,
+    reason=f"needs the job server image {JOB_SERVER_IMAGE}, the object store image "
+    f"{OBJECT_STORE_IMAGE} and our worker image (make docker-cpu), not {WORKER_IMAGE}",
+)
+SAMPLES = 256
+SHARDS = 8
+
+
+@pytest.fixture(scope="module")
+def store_cluster() -> Iterator[PodFlinkCluster]:
+    """Two TaskManager pods with the manifest's configuration, each with our worker pool sidecar,
+    the job server and the object store, all in containers."""
+    with PodFlinkCluster(
+        FLINK_IMAGE,
+        taskmanagers=TASKMANAGERS,
+        rest_port=free_port(),
+        flink_properties=flink_deployment_properties(MANIFEST),
+        worker_image=WORKER_IMAGE,
+        job_server_image=JOB_SERVER_IMAGE,
+        job_server_ports=(free_port(), free_port(), free_port()),
+        object_store_image=OBJECT_STORE_IMAGE,
+        object_store_port=free_port(),
+        buckets=[BUCKET],
+    ) as cluster:
+        yield cluster
+    assert leftovers(cluster.name) == []
+
+
+def cluster_job(
+    cluster: PodFlinkCluster, store: str, input: str | Path, output: Path, *args: str
+) -> tuple[list[str], dict[str, str]]:
+    """`python -m beam_ml_flink.objects`: the input, the demo model and its labels put under
+    `store`, the job run on the cluster on their URIs, its output got back into `output`*; with
+    the environment that reaches the store from this machine."""
+    command = [
+        sys.executable, "-m", "beam_ml_flink.objects", "--store", store, "--input", str(input),
+        "--model", str(DEMO_MODEL), "--labels", str(IMAGENET_LABELS), "--output", str(output),
+        "--", sys.executable, "-m", "beam_ml_flink",
+        "--mean=" + ",".join(map(str, DEMO_MEAN)), "--std=" + ",".join(map(str, DEMO_STD)),
+        "--batch_size=8", "--runner=PortableRunner", f"--job_endpoint={cluster.job_endpoint}",
+        "--environment_type=EXTERNAL", f"--environment_config={cluster.worker_pool_address}",
+        *args,
+    ]  # fmt: skip
+    return command, {**os.environ, **cluster.client_environment}
+
+
+def run_in_cluster(
+    cluster: PodFlinkCluster, store: str, input: str | Path, output: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    command, env = cluster_job(cluster, store, input, output, *args)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def rest(cluster: PodFlinkCluster, path: str) -> dict:
+    with urllib.request.urlopen(f"{cluster.web_ui}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def ran_on_taskmanagers(cluster: PodFlinkCluster, vertex_name: str) -> set[str]:
+    """The TaskManagers the last finished job's vertices named `vertex_name` ran on."""
+    jobs = [j for j in rest(cluster, "/jobs/overview")["jobs"] if j["state"] == "FINISHED"]
+    job = max(jobs, key=lambda j: j["end-time"])
+    vertices = [v for v in rest(cluster, f"/jobs/{job['jid']}")["vertices"]]
+    named = [v for v in vertices if vertex_name in v["name"]]
+    assert named, [v["name"] for v in vertices]
+    return {
+        tm["taskmanager-id"]
+        for vertex in named
+        for tm in rest(cluster, f"/jobs/{job['jid']}/vertices/{vertex['id']}/taskmanagers")[
+            "taskmanagers"
+        ]
+    }
+
+
+@pytest.mark.slow
+@needs_cluster
+@needs_store_cluster
+def test_photos_and_hostile_inputs_from_the_store_give_the_direct_runners_answers(
+    store_cluster: PodFlinkCluster,
+    inputs: Path,  # noqa: F811
+    direct: tuple[dict, dict],  # noqa: F811
+    hostile: list[Case],
+    tmp_path: Path,
+) -> None:
+    store = f"s3://{BUCKET}/photos"
+    run = run_in_cluster(store_cluster, store, inputs, tmp_path / "results")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    predictions, failures = results(tmp_path)  # asserts that no input came out twice
+    # Each input came out under its object URI; map them back to the local paths.
+    local = {f"{store}/inputs/{object_key(p)}": p for p in image_paths(str(inputs))}
+    assert sorted(predictions) + sorted(failures) and set(predictions) | set(failures) == set(local)
+    expected_predictions, expected_failures = direct
+    assert {local[i] for i in predictions} == set(expected_predictions)
+    for uri, top_k in predictions.items():
+        expected = expected_predictions[local[uri]]
+        assert [i for i, _ in top_k] == [i for i, _ in expected], uri
+        assert [s for _, s in top_k] == pytest.approx([s for _, s in expected], abs=1e-5), uri
+    assert {local[i] for i in failures} == set(expected_failures)
+    # What exists locally failed for the same reason; what does not (a missing path, a folder)
+    # was listed under its would-be URI and failed as an object that is not there.
+    uploaded = {str(c.path) for c in hostile if c.path.is_file()}
+    for uri, reason in failures.items():
+        if local[uri] in uploaded:
+            assert reason == expected_failures[local[uri]].replace(local[uri], uri), uri
+        else:
+            assert uri in reason and "not found" in reason.lower(), reason
+    assert "s3://" in run.stdout  # the table names the objects
+    # The classifying tasks ran on both TaskManager pods, each asking its own sidecar for workers.
+    assert ran_on_taskmanagers(store_cluster, "Classify") == {
+        store_cluster.taskmanager_pod(i) for i in range(TASKMANAGERS)
+    }
+    for index in range(TASKMANAGERS):
+        pool = f"{store_cluster.taskmanager_pod(index)}-worker-pool"
+        assert "Starting worker" in store_cluster.logs(pool, lines=10_000), pool
+    # Nothing of this machine is visible in any container, the store's and the sidecars' included.
+    for container in store_cluster.containers():
+        for path in (ROOT, Path("/", ROOT.parts[1])):
+            seen = subprocess.run(["podman", "exec", container, "test", "-e", str(path)])
+            assert seen.returncode == 1, f"{path} is visible in {container}"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Shards:
+    return make_shards(tmp_path_factory.mktemp("shards"), samples=SAMPLES, shards=SHARDS)
+
+
+@pytest.fixture(scope="module")
+def expected_shards(shards: Shards, demo_top1: dict[str, int]) -> dict[str, int]:
+    """The reference top-1 of every sample of the tar shards, from the photo it holds."""
+    return {
+        id: demo_top1[metadata["json"]["source"]]
+        for id, metadata in shards.metadata.items()
+        if id.startswith("photos-")
+    }
+
+
+@pytest.mark.slow
+@needs_cluster
+@needs_store_cluster
+def test_tar_and_parquet_shards_in_the_store(
+    store_cluster: PodFlinkCluster,
+    shards: Shards,
+    expected_shards: dict[str, int],
+    demo_top1: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    tars = run_in_cluster(
+        store_cluster, f"s3://{BUCKET}/tar", f"{shards.folder}/webdataset/photos-*.tar",
+        tmp_path / "tar" / "results",
+    )  # fmt: skip
+    assert tars.returncode == 0, tars.stderr[-3000:]
+    predictions, failures = results(tmp_path / "tar")
+    assert failures == {}
+    assert {image: top_k[0][0] for image, top_k in predictions.items()} == expected_shards
+    assert ran_on_taskmanagers(store_cluster, "ClassifySamples") == {
+        store_cluster.taskmanager_pod(i) for i in range(TASKMANAGERS)
+    }
+
+    parquet = run_in_cluster(
+        store_cluster, f"s3://{BUCKET}/parquet", f"{shards.folder}/parquet/*.parquet",
+        tmp_path / "parquet" / "results", "--output_format=parquet",
+    )  # fmt: skip
+    assert parquet.returncode == 0, parquet.stderr[-3000:]
+    rows = pq.read_table(sorted((tmp_path / "parquet").glob("results-*.parquet"))).to_pylist()
+    wanted = [i for i in shards.images if i.startswith("parquet") or "/parquet/" in i]
+    seen = [r["image"] for r in rows]
+    assert len(seen) == len(set(seen)), "a sample came out twice"
+    assert not list((tmp_path / "parquet").glob("results_failures-*.parquet")) or not (
+        pq.read_table(sorted((tmp_path / "parquet").glob("results_failures-*.parquet"))).num_rows
+    )
+    assert seen and (not wanted or sorted(seen) == sorted(wanted))
+    top1_by_bytes = {(IMAGES / name).read_bytes(): index for name, index in demo_top1.items()}
+    for record in rows:
+        data = shards.images[record["image"]]
+        if data in top1_by_bytes:
+            assert record["top_indices"][0] == top1_by_bytes[data], record["image"]
+
+
+@pytest.mark.slow
+@needs_cluster
+@needs_store_cluster
+def test_a_killed_taskmanager_pod_is_replaced_and_every_sample_comes_out_once(
+    store_cluster: PodFlinkCluster,
+    shards: Shards,
+    expected_shards: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """TaskManager pod 1 is killed (`podman pod kill`) mid-job and started again, as Kubernetes
+    replaces a pod: Flink's restart strategy reruns the job, and every sample comes out once."""
+    before = rest(store_cluster, "/jobs/overview")["jobs"]
+    command, env = cluster_job(
+        store_cluster, f"s3://{BUCKET}/kill", f"{shards.folder}/webdataset/photos-*.tar",
+        tmp_path / "results",
+    )  # fmt: skip
+    with open(tmp_path / "job.log", "w") as log:
+        job = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while store_cluster.overview()["jobs-running"] < 1:
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(1)
+        time.sleep(20)  # into the classification
+        assert job.poll() is None, "the job ended before a TaskManager could be killed"
+        pod = store_cluster.taskmanager_pod(1)
+        subprocess.run(["podman", "pod", "kill", pod], check=True, capture_output=True)
+        subprocess.run(["podman", "pod", "rm", "--force", pod], check=True, capture_output=True)
+        store_cluster.start_taskmanager(1)
+        returncode = job.wait(timeout=900)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert returncode == 0, (tmp_path / "job.log").read_text()[-3000:]
+    predictions, failures = results(tmp_path)  # asserts that no sample came out twice
+    assert failures == {}
+    assert {image: top_k[0][0] for image, top_k in predictions.items()} == expected_shards
+    jobs = [j for j in rest(store_cluster, "/jobs/overview")["jobs"] if j not in before]
+    (run,) = [j for j in jobs if j["state"] == "FINISHED"]
+    exceptions = rest(store_cluster, f"/jobs/{run['jid']}/exceptions")
+    assert exceptions.get("exceptionHistory", {}).get("entries"), "the job never restarted"
+    assert store_cluster.overview()["taskmanagers"] == TASKMANAGERS

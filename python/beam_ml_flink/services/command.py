@@ -16,6 +16,7 @@ from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, flink_conf_dir
 from beam_ml_flink.services.kafka import ExpansionService, KafkaBroker
 from beam_ml_flink.services.object_store import ObjectStore
+from beam_ml_flink.services.pod_cluster import PodFlinkCluster, flink_deployment_properties
 from beam_ml_flink.services.process import ServiceError
 from beam_ml_flink.services.worker_pool import WorkerPool
 
@@ -107,7 +108,40 @@ def argument_parser() -> argparse.ArgumentParser:
         "--buckets",
         default="",
         metavar="B1,B2",
-        help="with --object-store: the buckets to create",
+        help="with --object-store or --object-store-image: the buckets to create",
+    )
+    parser.add_argument(
+        "--pod-cluster",
+        metavar="FLINK_IMAGE",
+        help="start a Flink cluster whose machines share nothing, in containers of FLINK_IMAGE "
+        "(make docker-flink): a JobManager and --taskmanagers TaskManager pods on a podman network "
+        "of their own, REST on 8081; FLINK_MASTER is exported to the command",
+    )
+    parser.add_argument(
+        "--flink-deployment",
+        metavar="YAML",
+        help="with --pod-cluster: the Flink configuration and memory of this FlinkDeployment "
+        "manifest (deploy/kubernetes/flink-deployment.yaml)",
+    )
+    parser.add_argument(
+        "--job-server-image",
+        metavar="IMAGE",
+        help="with --pod-cluster: Beam's job server in a container of IMAGE (make "
+        "docker-job-server), ports 8099, 8098, 8097; JOB_ENDPOINT is exported to the command",
+    )
+    parser.add_argument(
+        "--worker-image",
+        metavar="IMAGE",
+        help="with --pod-cluster: an SDK worker pool sidecar of IMAGE (make docker-cpu) in each "
+        "TaskManager pod; WORKER_POOL_ADDRESS (localhost:50000) is exported to the command",
+    )
+    parser.add_argument(
+        "--object-store-image",
+        metavar="IMAGE",
+        help="with --pod-cluster: an S3-compatible object store in a container of IMAGE (make "
+        "docker-object-store) on the cluster's network, published on port 9000; the workers get "
+        "its in-cluster endpoint and the command what it needs to reach it from here "
+        "(AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)",
     )
     parser.add_argument(
         "--work-dir", default="build/flink", help="logs, pid files, staged artifacts"
@@ -128,17 +162,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cluster and --job-server need --flink-conf: a Flink YAML configuration")
     if args.topics and not args.kafka:
         parser.error("--topics are created on the broker that --kafka starts: give --kafka JAR")
-    if args.buckets and not args.object_store:
+    if args.buckets and not (args.object_store or args.object_store_image):
         parser.error(
-            "--buckets are created in the store that --object-store starts: give --object-store JAR"
+            "--buckets are created in the store that --object-store or --object-store-image "
+            "starts: give one"
+        )
+    pod_flags = [
+        flag
+        for flag, value in (
+            ("--flink-deployment", args.flink_deployment),
+            ("--job-server-image", args.job_server_image),
+            ("--worker-image", args.worker_image),
+            ("--object-store-image", args.object_store_image),
+        )
+        if value
+    ]
+    if pod_flags and not args.pod_cluster:
+        parser.error(f"{', '.join(pod_flags)} belong to the cluster that --pod-cluster starts")
+    if args.pod_cluster and (args.cluster or args.flink_master or args.job_server):
+        parser.error(
+            "--pod-cluster starts its own cluster and job server: leave out --cluster, "
+            "--flink-master and --job-server"
         )
     if args.cluster and not args.flink_location:
         parser.error("--cluster needs --flink-location or FLINK_LOCATION: a Flink distribution")
     if args.taskmanagers < 1:
         parser.error(f"--taskmanagers must be 1 or more; got {args.taskmanagers}")
-    if args.taskmanagers > 1 and not args.cluster:
+    if args.taskmanagers > 1 and not (args.cluster or args.pod_cluster):
         parser.error(
-            "--taskmanagers is the size of the cluster that --cluster starts: give --cluster"
+            "--taskmanagers is the size of the cluster that --cluster or --pod-cluster starts: "
+            "give one"
         )
 
     work_dir = Path(args.work_dir).resolve()
@@ -157,6 +210,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"object store up on {store.endpoint}"
                     + (f", buckets {', '.join(buckets)}" if buckets else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if args.pod_cluster:
+                pods = PodFlinkCluster(
+                    args.pod_cluster,
+                    taskmanagers=args.taskmanagers,
+                    flink_properties=(
+                        flink_deployment_properties(args.flink_deployment)
+                        if args.flink_deployment
+                        else None
+                    ),
+                    worker_image=args.worker_image,
+                    job_server_image=args.job_server_image,
+                    object_store_image=args.object_store_image,
+                    buckets=[b for b in args.buckets.split(",") if b],
+                )
+                print(
+                    f"starting a Flink cluster in containers ({pods.name}): a JobManager and "
+                    f"{args.taskmanagers} TaskManager pod(s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                services.enter_context(pods)
+                env["FLINK_MASTER"] = pods.master
+                if args.job_server_image:
+                    env["JOB_ENDPOINT"] = pods.job_endpoint
+                if args.worker_image:
+                    env["WORKER_POOL_ADDRESS"] = pods.worker_pool_address
+                if args.object_store_image:
+                    env.update(pods.client_environment)
+                print(
+                    f"Flink cluster in containers up, parallelism {pods.parallelism}; its web UI: "
+                    f"{pods.web_ui}"
+                    + (f"; job server on {pods.job_endpoint}" if args.job_server_image else "")
+                    + (
+                        f"; object store on {pods.object_store_endpoint}"
+                        if args.object_store_image
+                        else ""
+                    ),
                     file=sys.stderr,
                     flush=True,
                 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,62 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, **config: Any) ->
     )
 
 
+def wait_until_answers(
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    exited: Callable[[], bool],
+    log: Callable[[], str],
+) -> None:
+    """Waits until the store at `endpoint` answers an S3 request (ListBuckets) signed with the
+    identity; raises ServiceError with `log()` when `exited()` says its process has gone, or after
+    START_TIMEOUT_S."""
+    client = s3_client(
+        endpoint,
+        access_key,
+        secret_key,
+        connect_timeout=5,
+        read_timeout=10,
+        retries={"max_attempts": 1},
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except Exception as e:  # noqa: BLE001 - not ready yet; retried until the deadline
+            error = e
+        if exited() or time.monotonic() > deadline:
+            raise ServiceError(f"the object store on {endpoint} did not answer ({error}); {log()}")
+        time.sleep(0.25)
+
+
+def create_buckets(client: Any, endpoint: str, buckets: Sequence[str]) -> None:
+    """Creates `buckets` through the S3 `client` of the store at `endpoint` (those that exist are
+    left as they are)."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    for bucket in buckets:
+        if bucket in existing:
+            continue
+        try:
+            client.create_bucket(Bucket=bucket)
+        except Exception as e:
+            raise ServiceError(
+                f"could not create the bucket {bucket} in the object store on {endpoint}: {e}"
+            ) from e
+
+
+def client_environment(endpoint: str, access_key: str, secret_key: str) -> dict[str, str]:
+    """What a process needs in its environment to reach the store at `endpoint` through boto3 and
+    Beam's S3 filesystem without any flag: the endpoint, the identity and a region."""
+    return {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": OBJECT_STORE_REGION,
+    }
+
+
 class ObjectStore(ProcessService):
     """S3Proxy on 127.0.0.1:`port` from the launcher `jar` that `make s3proxy` assembles, its
     objects under `work_dir`/data, its configuration and log under `work_dir`. `buckets` are created
@@ -94,12 +150,7 @@ class ObjectStore(ProcessService):
     def client_environment(self) -> dict[str, str]:
         """What a process needs in its environment to reach the store through boto3 and Beam's S3
         filesystem without any flag: the endpoint, the identity and a region."""
-        return {
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": OBJECT_STORE_REGION,
-        }
+        return client_environment(self.endpoint, self.access_key, self.secret_key)
 
     def client(self) -> Any:
         """A boto3 S3 client of the store."""
@@ -152,41 +203,16 @@ class ObjectStore(ProcessService):
         self.create_buckets(self.buckets)
 
     def _wait_until_ready(self) -> None:
-        """Until the store answers an S3 request (ListBuckets) signed with its identity."""
-        client = s3_client(
+        process = self._process
+        assert process is not None
+        wait_until_answers(
             self.endpoint,
             self.access_key,
             self.secret_key,
-            connect_timeout=5,
-            read_timeout=10,
-            retries={"max_attempts": 1},
+            lambda: process.process.poll() is not None,
+            lambda: f"its log ({process.log}) ends with:\n{log_tail(process.log)}",
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.list_buckets()
-                return
-            except Exception as e:  # noqa: BLE001 - not ready yet; retried until the deadline
-                error = e
-            assert self._process is not None
-            if self._process.process.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError(
-                    f"the object store on {self.endpoint} did not answer ({error}); its log "
-                    f"({self._process.log}) ends with:\n{log_tail(self._process.log)}"
-                )
-            time.sleep(0.25)
 
     def create_buckets(self, buckets: Sequence[str]) -> None:
         """Creates `buckets` (those that exist are left as they are)."""
-        client = self.client()
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        for bucket in buckets:
-            if bucket in existing:
-                continue
-            try:
-                client.create_bucket(Bucket=bucket)
-            except Exception as e:
-                raise ServiceError(
-                    f"could not create the bucket {bucket} in the object store on "
-                    f"{self.endpoint}: {e}"
-                ) from e
+        create_buckets(self.client(), self.endpoint, buckets)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -23,6 +24,15 @@ from typing import Any
 import yaml
 
 from beam_ml_flink.services.flink import ARTIFACT_PORT, DEFAULT_REST_PORT, EXPANSION_PORT, JOB_PORT
+from beam_ml_flink.services.object_store import (
+    OBJECT_STORE_ACCESS_KEY,
+    OBJECT_STORE_PORT,
+    OBJECT_STORE_SECRET_KEY,
+    client_environment,
+    create_buckets,
+    s3_client,
+    wait_until_answers,
+)
 from beam_ml_flink.services.process import (
     START_TIMEOUT_S,
     Service,
@@ -41,6 +51,9 @@ JOBMANAGER_HOST = "jobmanager"
 WORKER_POOL_ARGS = ("--worker_pool",)
 WORKER_POOL_CONTAINER_PORT = 50000
 JOB_SERVER_HOST = "job-server"
+# The object store's name and port on the cluster's network: the endpoint the SDK workers use.
+OBJECT_STORE_HOST = "object-store"
+OBJECT_STORE_CONTAINER_PORT = 9000
 PODMAN_TIMEOUT_S = 120.0
 
 
@@ -86,7 +99,11 @@ def image_exists(image: str) -> bool:
     )
 
 
-def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _podman(
+    *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs podman; `env` is added to its environment (a container's keys are passed as
+    `--env NAME`, taken from there, so that no key is on a command line)."""
     try:
         result = subprocess.run(
             ["podman", *args],
@@ -95,6 +112,7 @@ def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             stdin=subprocess.DEVNULL,
             timeout=PODMAN_TIMEOUT_S,
             check=False,
+            env={**os.environ, **env} if env else None,
         )
     except subprocess.TimeoutExpired as error:
         raise ServiceError(
@@ -120,7 +138,12 @@ class PodFlinkCluster(Service):
     from the Kubernetes manifest). Flink's REST API is published at 127.0.0.1:`rest_port`
     (:attr:`master`); nothing else of the cluster is reachable from this machine, and no folder of
     this machine is visible in it. Leaving the context (also on an exception, Ctrl-C or SIGTERM)
-    removes every container, pod and network it made."""
+    removes every container, pod and network it made.
+
+    With `object_store_image` (S3Proxy, data/container/s3proxy.Dockerfile) an S3-compatible store
+    runs on the network too, as `object-store:9000`, published at 127.0.0.1:`object_store_port`,
+    `buckets` created; the worker pool sidecars get its in-cluster endpoint and keys in their
+    environment, and :attr:`client_environment` is what a client on this machine needs."""
 
     def __init__(
         self,
@@ -133,6 +156,11 @@ class PodFlinkCluster(Service):
         job_server_image: str | None = None,
         job_server_ports: tuple[int, int, int] = (JOB_PORT, ARTIFACT_PORT, EXPANSION_PORT),
         artifacts_dir: str | None = None,
+        object_store_image: str | None = None,
+        object_store_port: int = OBJECT_STORE_PORT,
+        buckets: Sequence[str] = (),
+        access_key: str = OBJECT_STORE_ACCESS_KEY,
+        secret_key: str = OBJECT_STORE_SECRET_KEY,
     ):
         if taskmanagers < 1:
             raise ServiceError(f"a cluster needs at least one TaskManager; got {taskmanagers}")
@@ -149,6 +177,12 @@ class PodFlinkCluster(Service):
         self.job_server_ports = job_server_ports
         self.artifacts_dir = artifacts_dir
         self.job_server = f"{self.name}-job-server"
+        self.object_store_image = object_store_image
+        self.object_store_port = object_store_port
+        self.buckets = list(buckets)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.object_store = f"{self.name}-object-store"
         self._started = False
         self._previous_sigterm: Any = None
 
@@ -166,6 +200,24 @@ class PodFlinkCluster(Service):
     def worker_pool_address(self) -> str:
         """With a worker image: what `--environment_config` takes (EXTERNAL environments)."""
         return f"localhost:{WORKER_POOL_CONTAINER_PORT}"
+
+    @property
+    def object_store_endpoint(self) -> str:
+        """With an object store: its endpoint as this machine reaches it."""
+        return f"http://127.0.0.1:{self.object_store_port}"
+
+    @property
+    def client_environment(self) -> dict[str, str]:
+        """With an object store: what a process on this machine needs in its environment to reach
+        it through boto3 and Beam's S3 filesystem (endpoint, keys, region)."""
+        return client_environment(self.object_store_endpoint, self.access_key, self.secret_key)
+
+    @property
+    def worker_environment(self) -> dict[str, str]:
+        """With an object store: the same as the SDK workers in the pods see it, at its name on
+        the cluster's network."""
+        endpoint = f"http://{OBJECT_STORE_HOST}:{OBJECT_STORE_CONTAINER_PORT}"
+        return client_environment(endpoint, self.access_key, self.secret_key)
 
     @property
     def web_ui(self) -> str:
@@ -199,13 +251,17 @@ class PodFlinkCluster(Service):
             (self.image, "docker-flink"),
             (self.worker_image, "docker-cpu"),
             (self.job_server_image, "docker-job-server"),
+            (self.object_store_image, "docker-object-store"),
         ):
             if image and not image_exists(image):
                 raise ServiceError(f"there is no image {image}: `make {target}` builds it")
         ports = [self.rest_port] + (list(self.job_server_ports) if self.job_server_image else [])
+        ports += [self.object_store_port] if self.object_store_image else []
         check_ports_free(ports, "Flink cluster in containers")
         self._started = True
         _podman("network", "create", *self._label(), self.network)
+        if self.object_store_image:
+            self.start_object_store()
         _podman(
             "run", "--detach", "--name", self.jobmanager, *self._label(),
             "--network", self.network, "--network-alias", JOBMANAGER_HOST,
@@ -221,6 +277,38 @@ class PodFlinkCluster(Service):
         self._wait_until_ready()
         if self.job_server_image:
             self._wait_for_job_server()
+        if self.object_store_image:
+            self._wait_for_object_store()
+
+    def start_object_store(self) -> None:
+        """S3Proxy on the cluster's network as `object-store:9000`, its objects inside its own
+        container; the keys reach it through the environment, never a command line."""
+        keys = {"S3PROXY_IDENTITY": self.access_key, "S3PROXY_CREDENTIAL": self.secret_key}
+        _podman(
+            "run", "--detach", "--name", self.object_store, *self._label(),
+            "--network", self.network, "--network-alias", OBJECT_STORE_HOST,
+            "--publish", f"127.0.0.1:{self.object_store_port}:{OBJECT_STORE_CONTAINER_PORT}",
+            *(arg for name in keys for arg in ("--env", name)),
+            self.object_store_image or "",
+            env=keys,
+        )  # fmt: skip
+
+    def _wait_for_object_store(self) -> None:
+        wait_until_answers(
+            self.object_store_endpoint,
+            self.access_key,
+            self.secret_key,
+            lambda: self.object_store in self._exited(),
+            lambda: f"its log ({self.object_store}) ends with:\n{self.logs(self.object_store)}",
+        )
+        create_buckets(self.store_client(), self.object_store_endpoint, self.buckets)
+
+    def store_client(self) -> Any:
+        """A boto3 S3 client of the cluster's object store, from this machine."""
+        return s3_client(self.object_store_endpoint, self.access_key, self.secret_key)
+
+    def _exited(self) -> list[str]:
+        return self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
 
     def start_job_server(self) -> None:
         """Beam's Flink job server, submitting to the JobManager over the cluster network. Its
@@ -254,7 +342,7 @@ class PodFlinkCluster(Service):
             if port_open(self.job_server_ports[0]):
                 return
             log = self.logs(self.job_server)
-            exited = self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
+            exited = self._exited()
             if self.job_server in exited or time.monotonic() > started + START_TIMEOUT_S:
                 raise ServiceError(
                     f"Beam's job server {self.job_server} did not answer on {self.job_endpoint} "
@@ -277,9 +365,12 @@ class PodFlinkCluster(Service):
             *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": pod}),
         )  # fmt: skip
         if self.worker_image:
+            store = self.worker_environment if self.object_store_image else {}
             _podman(
                 "run", "--detach", "--pod", pod, "--name", f"{pod}-worker-pool", *self._label(),
+                *(arg for name in store for arg in ("--env", name)),
                 self.worker_image, *WORKER_POOL_ARGS,
+                env=store,
             )  # fmt: skip
 
     def _check_no_host_mounts(self, container: str) -> None:
@@ -338,7 +429,7 @@ class PodFlinkCluster(Service):
                     and overview.get("slots-available", 0) >= self.parallelism
                 ):
                     return
-            exited = self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
+            exited = self._exited()
             if exited or time.monotonic() > started + START_TIMEOUT_S:
                 logs = "\n".join(f"--- {c}\n{self.logs(c)}" for c in self.containers())
                 what = f"{', '.join(exited)} exited" if exited else "it timed out"
