@@ -201,6 +201,7 @@ class LocalFlinkCluster(Service):
         self.conf_dir = self.work_dir / "conf"
         self.log_dir = self.work_dir / "log"
         self.pid_dir = self.work_dir / "pid"
+        self.tmp_dir = self.work_dir / "tmp"
         self.rest_port = int(_conf_value(self.conf_file, "rest.port", DEFAULT_REST_PORT))  # type: ignore[call-overload]
         self.rpc_port = int(_conf_value(self.conf_file, "jobmanager.rpc.port", DEFAULT_RPC_PORT))  # type: ignore[call-overload]
         self.slots = int(_conf_value(self.conf_file, "taskmanager.numberOfTaskSlots", 1))  # type: ignore[call-overload]
@@ -259,8 +260,13 @@ class LocalFlinkCluster(Service):
         conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text()) or {}
         conf.pop("parallelism.default", None)
         conf.setdefault("parallelism", {})["default"] = self.parallelism
+        # The processes' working folders (a TaskManager's blobs and local state, hundreds of MB)
+        # under the work dir, removed on stop: in /tmp, where Flink puts them, a killed
+        # TaskManager's folder would stay behind.
+        if "io.tmp.dirs" not in conf:
+            conf.setdefault("io", {}).setdefault("tmp", {}).setdefault("dirs", str(self.tmp_dir))
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
-        for folder in (self.log_dir, self.pid_dir):
+        for folder in (self.log_dir, self.pid_dir, self.tmp_dir):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self._started = True
@@ -379,6 +385,7 @@ class LocalFlinkCluster(Service):
         for pool in self._pools.values():
             pool.stop()
         self._pools.clear()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 class JobServer(ProcessService):
