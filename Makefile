@@ -64,6 +64,12 @@ export KAFKA_BROKER_JAR := $(abspath $(KAFKA_JAR))
 S3PROXY_JAR := build/s3proxy/s3proxy.jar
 export OBJECT_STORE_JAR := $(abspath $(S3PROXY_JAR))
 
+# A Google Cloud Storage emulator (fake-gcs-server, BSD-2-Clause) built with go install, for the
+# tests and runs on gs:// paths.
+FAKE_GCS_VERSION := 1.56.1
+FAKE_GCS_SERVER := build/bin/fake-gcs-server
+export GCS_STORE_BINARY := $(abspath $(FAKE_GCS_SERVER))
+
 RUST_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml $(shell find src -name '*.rs' -o -name '*.cpp' -o -name '*.h')
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*' -not -name '*.so')
 
@@ -151,6 +157,10 @@ $(S3PROXY_JAR): data/s3proxy.pom.xml
 	mvn --batch-mode --quiet -f data/s3proxy.pom.xml package
 	touch $@
 
+$(FAKE_GCS_SERVER):
+	GOBIN=$(abspath $(dir $(FAKE_GCS_SERVER))) go install github.com/fsouza/fake-gcs-server@v$(FAKE_GCS_VERSION)
+	touch $@
+
 # The Flink Kubernetes Operator's CustomResourceDefinition of FlinkDeployment, from its API jar on
 # Maven Central: deploy/kubernetes/ is validated against its schema (nothing here runs Kubernetes).
 OPERATOR_VERSION := 1.10.0
@@ -167,6 +177,9 @@ kafka: $(KAFKA_JAR) ## Assemble an Apache Kafka broker (KRaft) from Maven Centra
 
 .PHONY: s3proxy
 s3proxy: $(S3PROXY_JAR) ## Assemble an S3-compatible object store (S3Proxy) from Maven Central into build/s3proxy
+
+.PHONY: fake-gcs-server
+fake-gcs-server: $(FAKE_GCS_SERVER) ## Build a Google Cloud Storage emulator (fake-gcs-server) with go install into build/bin
 
 # The demo model as AOTInductor packages, fp32 and int8 (calibrated on the sample photos), compiled
 # for this machine kind by `python -m beam_ml_flink.compile` into a cache in the home folder (named
@@ -480,7 +493,7 @@ test-rust: init build-tools ## cargo test (pure Rust core and the binding layer)
 	PYTHONPATH=$(SITE_PACKAGES) cargo test --locked
 
 .PHONY: test-python
-test-python: init $(WHEEL_BUILT) models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(OPERATOR_CRD) ## pytest (Flink, Kafka and object store tests start their own)
+test-python: init $(WHEEL_BUILT) models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA_JAR) $(S3PROXY_JAR) $(FAKE_GCS_SERVER) $(OPERATOR_CRD) ## pytest (Flink, Kafka and object store tests start their own)
 	$(PY) -m pytest
 
 # TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
