@@ -1,7 +1,7 @@
 """The local services of the run modes: a standalone Flink cluster of one or more TaskManagers,
 the Beam Flink job server, SDK worker pools, a Kafka broker, the Java expansion service that
-KafkaIO needs, an S3-compatible object store, and a Flink cluster in containers that share
-nothing (PodFlinkCluster).
+KafkaIO needs, an S3-compatible object store, a Google Cloud Storage emulator, and a Flink cluster
+in containers that share nothing (PodFlinkCluster).
 
 Each is a context manager that checks its ports are free, starts its processes, waits until they
 answer, and stops everything it started on the way out, also when the job fails or is interrupted.
@@ -21,6 +21,7 @@ from beam_ml_flink.services.flink import (
     flink_conf_dir,
     flink_job_metrics,
 )
+from beam_ml_flink.services.gcs_store import GCS_STORE_PORT, GcsStore
 from beam_ml_flink.services.kafka import (
     JAVA_EXPANSION_PORT,
     KAFKA_CONTROLLER_PORT,
@@ -41,6 +42,7 @@ from beam_ml_flink.services.worker_pool import WORKER_POOL_PORT, WorkerPool
 __all__ = [
     "ARTIFACT_PORT",
     "EXPANSION_PORT",
+    "GCS_STORE_PORT",
     "JAVA_17_FLAGS",
     "JAVA_EXPANSION_PORT",
     "JOB_PORT",
@@ -51,6 +53,7 @@ __all__ = [
     "OBJECT_STORE_SECRET_KEY",
     "WORKER_POOL_PORT",
     "ExpansionService",
+    "GcsStore",
     "JobServer",
     "KafkaBroker",
     "LocalFlinkCluster",

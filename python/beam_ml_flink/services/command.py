@@ -14,6 +14,7 @@ from pathlib import Path
 
 from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.services.flink import JobServer, LocalFlinkCluster, flink_conf_dir
+from beam_ml_flink.services.gcs_store import GCS_STORE_PORT, GcsStore
 from beam_ml_flink.services.kafka import ExpansionService, KafkaBroker
 from beam_ml_flink.services.object_store import ObjectStore
 from beam_ml_flink.services.pod_cluster import PodFlinkCluster, flink_deployment_properties
@@ -105,10 +106,26 @@ def argument_parser() -> argparse.ArgumentParser:
         "AWS_DEFAULT_REGION) is exported to the command",
     )
     parser.add_argument(
+        "--gcs-store",
+        metavar="BINARY",
+        help="start a Google Cloud Storage emulator (fake-gcs-server, make fake-gcs-server) from "
+        "BINARY on --gcs-store-port, its objects under the work dir; what google-cloud-storage "
+        "and Beam's GCS filesystem need to reach it (STORAGE_EMULATOR_HOST and "
+        "GOOGLE_CLOUD_PROJECT) is exported to the command",
+    )
+    parser.add_argument(
+        "--gcs-store-port",
+        type=int,
+        default=GCS_STORE_PORT,
+        metavar="PORT",
+        help=f"with --gcs-store: its port (default {GCS_STORE_PORT})",
+    )
+    parser.add_argument(
         "--buckets",
         default="",
         metavar="B1,B2",
-        help="with --object-store or --object-store-image: the buckets to create",
+        help="with --object-store, --object-store-image or --gcs-store: the buckets to create "
+        "(in each store started)",
     )
     parser.add_argument(
         "--pod-cluster",
@@ -162,11 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cluster and --job-server need --flink-conf: a Flink YAML configuration")
     if args.topics and not args.kafka:
         parser.error("--topics are created on the broker that --kafka starts: give --kafka JAR")
-    if args.buckets and not (args.object_store or args.object_store_image):
+    if args.buckets and not (args.object_store or args.object_store_image or args.gcs_store):
         parser.error(
-            "--buckets are created in the store that --object-store or --object-store-image "
-            "starts: give one"
+            "--buckets are created in the store that --object-store, --object-store-image or "
+            "--gcs-store starts: give one"
         )
+    if args.gcs_store_port != GCS_STORE_PORT and not args.gcs_store:
+        parser.error("--gcs-store-port is the port of the store that --gcs-store starts: give it")
     pod_flags = [
         flag
         for flag, value in (
@@ -209,6 +228,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.environ.update(store.client_environment)
                 print(
                     f"object store up on {store.endpoint}"
+                    + (f", buckets {', '.join(buckets)}" if buckets else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if args.gcs_store:
+                buckets = [b for b in args.buckets.split(",") if b]
+                gcs = GcsStore(
+                    args.gcs_store,
+                    work_dir / "gcs-store",
+                    port=args.gcs_store_port,
+                    buckets=buckets,
+                )
+                services.enter_context(gcs)
+                env.update(gcs.client_environment)
+                os.environ.update(gcs.client_environment)
+                print(
+                    f"GCS store up on {gcs.endpoint}"
                     + (f", buckets {', '.join(buckets)}" if buckets else ""),
                     file=sys.stderr,
                     flush=True,
