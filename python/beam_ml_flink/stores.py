@@ -1,11 +1,14 @@
-"""Object stores named by the command's paths (s3://): checked once before the pipeline starts, with
-short timeouts, so that a store that does not answer, refuses the keys or lacks a bucket stops the
-command with a sentence instead of a worker retrying for minutes.
+"""Object stores named by the command's paths (s3://, gs://): checked once before the pipeline
+starts, with short timeouts, so that a store that does not answer, refuses the keys or lacks a
+bucket stops the command with a sentence instead of a worker retrying for minutes.
 
-The store is reached as Beam's S3 filesystem reaches it: the endpoint, keys and region of Beam's
+An S3 store is reached as Beam's S3 filesystem reaches it: the endpoint, keys and region of Beam's
 options (``--s3_endpoint_url``, ``--s3_access_key_id``, ``--s3_secret_access_key``,
 ``--s3_region_name``), else boto3's usual places (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``~/.aws``). No message here shows a key.
+``AWS_SECRET_ACCESS_KEY``, ``~/.aws``). GCS is reached through the storage client that Beam's GCS
+filesystem makes (``apache_beam.io.gcp.gcsio.create_storage_client``): Application Default
+Credentials where apache-beam[gcp] can find them, else anonymously; ``STORAGE_EMULATOR_HOST``
+sends it to an emulator. No message here shows a key.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ READ_TIMEOUT_S = 20
 ATTEMPTS = 2
 _GLOB_CHARACTERS = frozenset("*?[")
 _AWS_EXTRA = "pip install 'beam-ml-flink[aws]' (apache-beam[aws], boto3)"
+_GCP_EXTRA = "pip install 'beam-ml-flink[gcp]' (google-cloud-storage)"
 
 
 class StoreError(Exception):
@@ -104,18 +108,72 @@ def _check_s3_bucket(client: Any, bucket: str, flags: str) -> None:
         raise StoreError(f"{where} answered an error: {e}") from None
 
 
+def _gcs_client(options: PipelineOptions) -> Any:
+    try:
+        from apache_beam.io.gcp import gcsio
+    except ImportError as e:
+        raise StoreError(f"gs:// paths need google-cloud-storage: {_GCP_EXTRA}") from e
+    return gcsio.create_storage_client(options)
+
+
+def _check_gcs_bucket(client: Any, bucket: str, flags: str) -> None:
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+    from requests import exceptions as http_exceptions
+
+    where = f"the object store at {client.api_endpoint} (gs://{bucket}, named by {flags})"
+    anonymous = type(client._credentials).__name__ == "AnonymousCredentials"
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            client.get_bucket(bucket, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), retry=None)
+            return
+        except (http_exceptions.ConnectionError, http_exceptions.Timeout) as e:
+            if attempt == ATTEMPTS:
+                raise StoreError(
+                    f"{where} does not answer ({type(e).__name__}); check STORAGE_EMULATOR_HOST "
+                    "where an emulator is meant, the network otherwise, and that the store is "
+                    "running"
+                ) from None
+        except auth_exceptions.GoogleAuthError as e:
+            raise StoreError(
+                f"{where}: the credentials could not be used ({type(e).__name__}: {e}); check "
+                "GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`"
+            ) from None
+        except (exceptions.Unauthorized, exceptions.Forbidden) as e:
+            hint = (
+                "no credentials were found, so it was asked anonymously: install apache-beam[gcp] "
+                "and set up Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS)"
+                if anonymous
+                else "check that the credentials (GOOGLE_APPLICATION_CREDENTIALS) may read the "
+                "bucket"
+            )
+            raise StoreError(f"{where} refused the request (HTTP {e.code}); {hint}") from None
+        except exceptions.NotFound:
+            raise StoreError(
+                f"{where}: the bucket {bucket} does not exist; create it, or check the name"
+            ) from None
+        except exceptions.GoogleAPICallError as e:
+            raise StoreError(f"{where} answered an error: HTTP {e.code} {e.message}") from None
+
+
 def check_stores(paths: Iterable[tuple[str, str]], options: PipelineOptions) -> None:
-    """For each bucket that the (flag, path) pairs name on s3://: the store answers, takes the
-    keys and has the bucket; else StoreError. Local paths and other schemes are left to Beam."""
-    buckets: dict[str, list[str]] = {}
+    """For each bucket that the (flag, path) pairs name on s3:// or gs://: the store answers, takes
+    the keys and has the bucket; else StoreError. Local paths and other schemes are left to
+    Beam."""
+    buckets: dict[tuple[str, str], list[str]] = {}
     for flag, path in paths:
-        if path and scheme(path) == "s3":
-            buckets.setdefault(_bucket(path), []).append(f"--{flag}")
-    if not buckets:
-        return
-    client = _s3_client(options)
-    for bucket, flags in buckets.items():
-        _check_s3_bucket(client, bucket, " and ".join(dict.fromkeys(flags)))
+        found = scheme(path) if path else None
+        if found in ("s3", "gs"):
+            buckets.setdefault((found, _bucket(path)), []).append(f"--{flag}")
+    clients: dict[str, Any] = {}
+    for (store, bucket), flags in buckets.items():
+        named = " and ".join(dict.fromkeys(flags))
+        if store == "s3":
+            client = clients.get(store) or clients.setdefault(store, _s3_client(options))
+            _check_s3_bucket(client, bucket, named)
+        else:
+            client = clients.get(store) or clients.setdefault(store, _gcs_client(options))
+            _check_gcs_bucket(client, bucket, named)
 
 
 def image_pattern(input: str) -> str:
