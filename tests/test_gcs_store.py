@@ -234,11 +234,10 @@ def test_a_list_in_the_store_answers_as_the_local_run(
     assert by_name == {Path(r["image"]).name: r["top_k"] for r in local_predictions}
     assert {name: top_k[0]["index"] for name, top_k in by_name.items()} == demo_top1
     assert all(r["image"].startswith("gs://images/photos/") for r in predictions)
-    # The object that is not there is the one failure (Beam's GCS filesystem raises its client's
-    # NotFound, not FileNotFoundError, so the reason is the store's answer).
+    # The object that is not there is the one failure, said as a missing local file is.
     [failure] = failures
     assert failure["image"] == MISSING
-    assert failure["error"].startswith(f"{MISSING}: ") and "Not Found" in failure["error"]
+    assert failure["error"] == f"{MISSING}: no such file; check the path"
     shown = [line for line in remote.stdout.splitlines() if line.startswith("gs://images/")]
     assert len(shown) == 3
     assert "  gs://results/list/results-00000-of-00001.jsonl" in remote.stdout.splitlines()

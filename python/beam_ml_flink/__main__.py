@@ -784,6 +784,8 @@ def main() -> None:
         # The file sink's notes on its own mechanics (replacing the previous run's files, an
         # output with no shard to finalize) are not the user's concern.
         logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
+        # "Connecting anonymously" on gs:// without credentials (an emulator, public buckets).
+        logging.getLogger("apache_beam.internal.gcp.auth").setLevel(logging.ERROR)
     run()
 
 

@@ -46,6 +46,14 @@ class ClassifiedImages(NamedTuple):
     failures: beam.PCollection  # (uri, reason) for each image that could not be classified
 
 
+def _missing(error: Exception) -> bool:
+    """Whether a filesystem's error says that the path is not there: FileNotFoundError locally,
+    an object store's 404 (google-cloud-storage's NotFound, Beam's S3 client's code 404)."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    return getattr(error, "code", None) == 404 or type(error).__name__ == "NotFound"
+
+
 class ReadImage(beam.DoFn):
     """Reads an image's bytes through Beam's FileSystems: (key, uri) in, (key, bytes) out;
     unreadable paths become (key, reason) failures."""
@@ -58,16 +66,14 @@ class ReadImage(beam.DoFn):
         try:
             with FileSystems.open(uri) as f:
                 data = f.read(self._max_bytes + 1)
-        except FileNotFoundError:
-            yield pvalue.TaggedOutput(FAILURES, (key, f"{uri}: no such file; check the path"))
-            return
         except IsADirectoryError:
             yield pvalue.TaggedOutput(
                 FAILURES, (key, f"{uri}: is a directory, not an image file; list the files inside")
             )
             return
         except Exception as e:  # noqa: BLE001 - any filesystem error is this image's failure
-            yield pvalue.TaggedOutput(FAILURES, (key, f"{uri}: could not be read: {e}"))
+            reason = "no such file; check the path" if _missing(e) else f"could not be read: {e}"
+            yield pvalue.TaggedOutput(FAILURES, (key, f"{uri}: {reason}"))
             return
         if len(data) > self._max_bytes:
             yield pvalue.TaggedOutput(
