@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_ml_flink.arguments import ArgumentParser
 from beam_ml_flink.messages import image_paths
 from beam_ml_flink.recipes import find_recipe_beside
+from beam_ml_flink.stores import s3_client
 
 _CHUNK = 8 << 20
 
@@ -45,6 +46,11 @@ def object_key(path: str) -> str:
 
 def put(path: str | os.PathLike[str], uri: str) -> None:
     """Copies the local file `path` to the object `uri`."""
+    if FileSystems.get_scheme(uri) == "s3" and os.path.getsize(path) == 0:
+        # Beam's S3 uploader is a multipart upload, which cannot make an empty object.
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        s3_client(PipelineOptions([])).put_object(Bucket=bucket, Key=key, Body=b"")
+        return
     with open(path, "rb") as source, FileSystems.create(uri) as target:
         while chunk := source.read(_CHUNK):
             target.write(chunk)

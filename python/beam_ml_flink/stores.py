@@ -44,7 +44,7 @@ def _bucket(uri: str) -> str:
     return uri.split("://", 1)[1].split("/", 1)[0]
 
 
-def _s3_client(options: PipelineOptions) -> Any:
+def s3_client(options: PipelineOptions) -> Any:
     try:
         import boto3
         from botocore.config import Config
@@ -169,7 +169,7 @@ def check_stores(paths: Iterable[tuple[str, str]], options: PipelineOptions) -> 
     for (store, bucket), flags in buckets.items():
         named = " and ".join(dict.fromkeys(flags))
         if store == "s3":
-            client = clients.get(store) or clients.setdefault(store, _s3_client(options))
+            client = clients.get(store) or clients.setdefault(store, s3_client(options))
             _check_s3_bucket(client, bucket, named)
         else:
             client = clients.get(store) or clients.setdefault(store, _gcs_client(options))
