@@ -307,6 +307,8 @@ run-portable-flink-docker-local: init flink $(JOB_SERVER_JAR) container-engine #
 OUTPUT_FORMAT ?= json
 STORE_BUCKET := beam-ml-flink
 POD_TASKMANAGERS = $(if $(filter command line environment,$(origin TASKMANAGERS)),$(TASKMANAGERS),2)
+# The job server in its container has no Flink configuration: the job's parallelism is given.
+POD_SLOTS := $(shell sed -n 's/^ *taskmanager.numberOfTaskSlots: "\([0-9]*\)"/\1/p' deploy/kubernetes/flink-deployment.yaml)
 
 .PHONY: run-cluster
 run-cluster: init docker-flink docker-job-server docker-object-store docker-cpu ## Classify INPUT on a Flink cluster in containers sharing nothing, everything in an object store (TASKMANAGERS, OUTPUT_FORMAT)
@@ -318,7 +320,7 @@ run-cluster: init docker-flink docker-job-server docker-object-store docker-cpu 
 		$(if $(LABELS),--labels $(LABELS)) --output $(OUTPUT) -- \
 	$(PY) -m beam_ml_flink $(NORMALIZE) --output_format $(OUTPUT_FORMAT) --show 20 \
 		--runner PortableRunner --job_endpoint localhost:8099 --environment_type EXTERNAL \
-		--environment_config localhost:50000 $(ARGS)
+		--environment_config localhost:50000 --parallelism $$(( $(POD_SLOTS) * $(POD_TASKMANAGERS) )) $(ARGS)
 
 # Dataproc and Docker: the SDK worker image, a Dataproc cluster with Flink and Docker, and the job
 # submitted by a local job server to the cluster's Flink through an SSH tunnel. Settings: .env.
@@ -499,10 +501,9 @@ test-python: init $(WHEEL_BUILT) models $(PRISM) flink $(JOB_SERVER_JAR) $(KAFKA
 # TASKMANAGERS is 2 here unless given. The engine's settings are the plain ones, without the mount
 # of this folder that DOCKER workers get: no container of this cluster sees the submitting machine.
 .PHONY: test-cluster
-# The worker pool sidecar is the SDK base image (make container-bases) where no worker image is made.
-test-cluster: $(VENV)/.deps docker-flink docker-job-server ## A Flink cluster in containers (JobManager, TASKMANAGERS TaskManager pods, job server, one podman network): registered, sharing nothing, runs a pipeline, gone after
+test-cluster: init docker-flink docker-job-server docker-object-store docker-cpu ## A Flink cluster in containers sharing nothing (JobManager, TASKMANAGERS TaskManager pods with worker sidecars, job server, object store): photos, hostile inputs and shards from the store, a pod killed mid-job
 	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) BMF_JOB_SERVER_IMAGE=$(JOB_SERVER_IMAGE) \
-		BMF_WORKER_IMAGE=$$(podman image exists $(LOCAL_IMAGE) && echo $(LOCAL_IMAGE) || echo $(SDK_BASE_IMAGE)) \
+		BMF_WORKER_IMAGE=$(LOCAL_IMAGE) BMF_OBJECT_STORE_IMAGE=$(OBJECT_STORE_IMAGE) \
 		BMF_TASKMANAGERS=$(POD_TASKMANAGERS) \
 		$(PY) -m pytest tests/test_pod_cluster.py -v
 
@@ -589,8 +590,13 @@ bench-peers: init $(PEERS_PACKAGES)/.installed ## Ours against a PyTorch DataLoa
 	$(PY) bench/bench_peers.py $(PEERS_ARGS)
 
 .PHONY: bench-scale
-bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 TaskManagers, photos as files and as shards (SCALE_ARGS)
-	$(PY) bench/bench_scale.py $(SCALE_ARGS)
+# With the images of make test-cluster, the cluster in containers (2 TaskManager pods) too.
+POD_IMAGES = $(FLINK_IMAGE) $(JOB_SERVER_IMAGE) $(LOCAL_IMAGE) $(OBJECT_STORE_IMAGE)
+bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 TaskManagers and the cluster in containers where its images exist, photos as files and as shards (SCALE_ARGS)
+	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) BMF_JOB_SERVER_IMAGE=$(JOB_SERVER_IMAGE) \
+		BMF_WORKER_IMAGE=$(LOCAL_IMAGE) BMF_OBJECT_STORE_IMAGE=$(OBJECT_STORE_IMAGE) \
+		$(PY) bench/bench_scale.py $(SCALE_ARGS) $$(for image in $(POD_IMAGES); do \
+			podman image exists $$image 2>/dev/null || exit; done; echo --pod_taskmanagers 2)
 
 .PHONY: bench-overlap
 bench-overlap: init ## After make bench: does decoding one part while another runs the model pay here?

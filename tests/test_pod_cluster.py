@@ -281,11 +281,15 @@ def cluster_job(
         "--model", str(DEMO_MODEL), "--labels", str(IMAGENET_LABELS), "--output", str(output),
         "--", sys.executable, "-m", "beam_ml_flink",
         "--mean=" + ",".join(map(str, DEMO_MEAN)), "--std=" + ",".join(map(str, DEMO_STD)),
-        "--batch_size=8", "--runner=PortableRunner", f"--job_endpoint={cluster.job_endpoint}",
+        "--batch_size=8", "--show=20",
+        "--runner=PortableRunner", f"--job_endpoint={cluster.job_endpoint}",
         "--environment_type=EXTERNAL", f"--environment_config={cluster.worker_pool_address}",
+        # The job server in its container has no Flink configuration: without it, parallelism 1.
+        f"--parallelism={cluster.parallelism}",
         *args,
     ]  # fmt: skip
-    return command, {**os.environ, **cluster.client_environment}
+    # FLINK_MASTER: the command reads the job's counters from Flink's REST API.
+    return command, {**os.environ, **cluster.client_environment, "FLINK_MASTER": cluster.master}
 
 
 def run_in_cluster(
@@ -347,8 +351,9 @@ def test_photos_and_hostile_inputs_from_the_store_give_the_direct_runners_answer
         if local[uri] in uploaded:
             assert reason == expected_failures[local[uri]].replace(local[uri], uri), uri
         else:
-            assert uri in reason and "not found" in reason.lower(), reason
-    assert "s3://" in run.stdout  # the table names the objects
+            assert reason == f"{uri}: no such file; check the path"
+    assert f"{store}/inputs/" in run.stdout  # the table names the objects
+    assert f"{len(predictions)} images classified, {len(failures)} failed" in run.stderr
     # The classifying tasks ran on both TaskManager pods, each asking its own sidecar for workers.
     assert ran_on_taskmanagers(store_cluster, "Classify") == {
         store_cluster.taskmanager_pod(i) for i in range(TASKMANAGERS)
@@ -405,14 +410,16 @@ def test_tar_and_parquet_shards_in_the_store(
         tmp_path / "parquet" / "results", "--output_format=parquet",
     )  # fmt: skip
     assert parquet.returncode == 0, parquet.stderr[-3000:]
-    rows = pq.read_table(sorted((tmp_path / "parquet").glob("results-*.parquet"))).to_pylist()
-    wanted = [i for i in shards.images if i.startswith("parquet") or "/parquet/" in i]
-    seen = [r["image"] for r in rows]
+    out = tmp_path / "parquet"
+    rows = pq.read_table(sorted(out.glob("results-*.parquet"))).to_pylist()
+    failed = pq.read_table(sorted(out.glob("results_failures-*.parquet"))).to_pylist()
+    seen = [r["image"] for r in rows + failed]
     assert len(seen) == len(set(seen)), "a sample came out twice"
-    assert not list((tmp_path / "parquet").glob("results_failures-*.parquet")) or not (
-        pq.read_table(sorted((tmp_path / "parquet").glob("results_failures-*.parquet"))).num_rows
-    )
-    assert seen and (not wanted or sorted(seen) == sorted(wanted))
+    # The Parquet files' samples are named SHARD/ROW, the shard a number: one row holds no image.
+    wanted = [i for i in [*shards.images, *shards.failures] if i.split("/")[0].isdigit()]
+    assert sorted(seen) == sorted(wanted)
+    for record in failed:
+        assert shards.failures[record["image"]] in record["error"], record
     top1_by_bytes = {(IMAGES / name).read_bytes(): index for name, index in demo_top1.items()}
     for record in rows:
         data = shards.images[record["image"]]
@@ -463,3 +470,48 @@ def test_a_killed_taskmanager_pod_is_replaced_and_every_sample_comes_out_once(
     exceptions = rest(store_cluster, f"/jobs/{run['jid']}/exceptions")
     assert exceptions.get("exceptionHistory", {}).get("entries"), "the job never restarted"
     assert store_cluster.overview()["taskmanagers"] == TASKMANAGERS
+
+
+class _WrongKeyCluster(PodFlinkCluster):
+    """A cluster whose SDK workers are given a secret key the store refuses."""
+
+    @property
+    def worker_environment(self) -> dict[str, str]:
+        return {**super().worker_environment, "AWS_SECRET_ACCESS_KEY": "not-the-stores-secret"}
+
+
+@pytest.mark.slow
+@needs_cluster
+@needs_store_cluster
+def test_workers_that_the_store_refuses_fail_the_job_with_the_reason(tmp_path: Path) -> None:
+    """The client reaches the store and puts the files; the workers are refused by it: the job
+    fails within minutes, and the error names the object and the store's answer."""
+    properties = {
+        "taskmanager.numberOfTaskSlots": "1",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "1",
+        "restart-strategy.fixed-delay.delay": "1 s",
+    }
+    with _WrongKeyCluster(
+        FLINK_IMAGE,
+        taskmanagers=1,
+        rest_port=free_port(),
+        flink_properties=properties,
+        worker_image=WORKER_IMAGE,
+        job_server_image=JOB_SERVER_IMAGE,
+        job_server_ports=(free_port(), free_port(), free_port()),
+        object_store_image=OBJECT_STORE_IMAGE,
+        object_store_port=free_port(),
+        buckets=[BUCKET],
+    ) as cluster:
+        listed = tmp_path / "images.txt"
+        listed.write_text(f"{IMAGES / 'china.jpg'}\n")
+        started = time.monotonic()
+        run = run_in_cluster(cluster, f"s3://{BUCKET}/refused", listed, tmp_path / "results")
+        took = time.monotonic() - started
+        assert run.returncode != 0, run.stdout[-2000:]
+        # The first object the workers ask for is the input list: its URI and the store's answer.
+        assert f"s3://{BUCKET}/refused/inputs.txt" in run.stderr, run.stderr[-3000:]
+        assert "403" in run.stderr and "Forbidden" in run.stderr, run.stderr[-3000:]
+        assert took < 600
+    assert leftovers(cluster.name) == []
