@@ -102,7 +102,10 @@ def test_the_cluster_stops_when_interrupted(tmp_path: Path) -> None:
     "args, message",
     [
         (["--cluster", "--taskmanagers=0"], "--taskmanagers must be 1 or more; got 0"),
-        (["--taskmanagers=2"], "--taskmanagers is the size of the cluster that --cluster starts"),
+        (
+            ["--taskmanagers=2"],
+            "--taskmanagers is the size of the cluster that --cluster or --pod-cluster starts",
+        ),
     ],
 )
 def test_a_bad_cluster_size_is_a_usage_error(args: list[str], message: str) -> None:
