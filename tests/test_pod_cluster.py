@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
@@ -250,6 +251,19 @@ SAMPLES = 256
 SHARDS = 8
 
 
+def store_cluster_parts() -> dict[str, Any]:
+    """What a cluster running the command needs besides Flink: our worker image as the sidecars,
+    the job server and the object store with its bucket, on free ports."""
+    return {
+        "worker_image": WORKER_IMAGE,
+        "job_server_image": JOB_SERVER_IMAGE,
+        "job_server_ports": (free_port(), free_port(), free_port()),
+        "object_store_image": OBJECT_STORE_IMAGE,
+        "object_store_port": free_port(),
+        "buckets": [BUCKET],
+    }
+
+
 @pytest.fixture(scope="module")
 def store_cluster() -> Iterator[PodFlinkCluster]:
     """Two TaskManager pods with the manifest's configuration, each with our worker pool sidecar,
@@ -259,12 +273,7 @@ def store_cluster() -> Iterator[PodFlinkCluster]:
         taskmanagers=TASKMANAGERS,
         rest_port=free_port(),
         flink_properties=flink_deployment_properties(MANIFEST),
-        worker_image=WORKER_IMAGE,
-        job_server_image=JOB_SERVER_IMAGE,
-        job_server_ports=(free_port(), free_port(), free_port()),
-        object_store_image=OBJECT_STORE_IMAGE,
-        object_store_port=free_port(),
-        buckets=[BUCKET],
+        **store_cluster_parts(),
     ) as cluster:
         yield cluster
     assert leftovers(cluster.name) == []
@@ -497,12 +506,7 @@ def test_workers_that_the_store_refuses_fail_the_job_with_the_reason(tmp_path: P
         taskmanagers=1,
         rest_port=free_port(),
         flink_properties=properties,
-        worker_image=WORKER_IMAGE,
-        job_server_image=JOB_SERVER_IMAGE,
-        job_server_ports=(free_port(), free_port(), free_port()),
-        object_store_image=OBJECT_STORE_IMAGE,
-        object_store_port=free_port(),
-        buckets=[BUCKET],
+        **store_cluster_parts(),
     ) as cluster:
         listed = tmp_path / "images.txt"
         listed.write_text(f"{IMAGES / 'china.jpg'}\n")

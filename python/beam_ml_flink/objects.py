@@ -69,10 +69,10 @@ def put_input(input: str, prefix: str) -> tuple[str, int]:
     what the job's --input takes and how many files were put."""
     inputs = f"{prefix}/inputs"
     paths = image_paths(input)
-    for path in paths:
-        if os.path.isfile(path):
-            put(path, f"{inputs}/{object_key(path)}")
-    put_count = sum(os.path.isfile(p) for p in paths)
+    present = [path for path in paths if os.path.isfile(path)]
+    for path in present:
+        put(path, f"{inputs}/{object_key(path)}")
+    put_count = len(present)
     if os.path.isdir(input):
         return f"{inputs}/{object_key(input)}/", put_count
     if set("*?[") & set(input):
@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: could not put the job's files into {prefix}: {e}", file=sys.stderr)
         return 1
     output_uri = f"{prefix}/output/{Path(args.output).name}"
-    print(f"put {count} input files, the model and labels under {prefix}", file=sys.stderr)
+    what = "the model and the labels" if args.labels else "the model"
+    print(f"put {count} input files and {what} under {prefix}", file=sys.stderr)
     code = subprocess.run(
         [*job, "--input", input_uri, "--model_path", model_uri, *labels, "--output", output_uri]
     ).returncode
