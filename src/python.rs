@@ -10,7 +10,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::batch::preprocess_batch;
 use crate::classify::{read_labels, Classifier, Outcome};
@@ -148,6 +148,75 @@ fn spec(
     Ok(PreprocessSpec::new(resize, crop, mean, std)?.with_filter(filter))
 }
 
+/// torchvision's ImageNet normalization, the recipe's default.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The preprocessing arguments of `ImageClassifier` as given (None where not given).
+struct Recipe<'py> {
+    resize: Option<Bound<'py, PyAny>>,
+    crop: Option<Bound<'py, PyAny>>,
+    crop_pct: Option<Bound<'py, PyAny>>,
+    interpolation: Option<Bound<'py, PyAny>>,
+    mean: Option<Bound<'py, PyAny>>,
+    std: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> Recipe<'py> {
+    /// The recipe of a timm or Hugging Face config (`beam_ml_flink.recipes`, which names the
+    /// file and field it cannot honour) with the arguments given in their place.
+    fn over_config(self, config: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = config.py();
+        let recipes = py.import("beam_ml_flink.recipes")?;
+        let recipe = recipes.call_method1("read_preprocess_config", (config,))?;
+        let given = PyDict::new(py);
+        for (name, value) in [
+            ("resize", &self.resize),
+            ("crop", &self.crop),
+            ("crop_pct", &self.crop_pct),
+            ("interpolation", &self.interpolation),
+            ("mean", &self.mean),
+            ("std", &self.std),
+        ] {
+            given.set_item(name, value)?;
+        }
+        let merged = recipes.call_method("with_explicit", (recipe,), Some(&given))?;
+        let field = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
+            let value = merged.get_item(name)?;
+            Ok((!value.is_none()).then_some(value))
+        };
+        Ok(Self {
+            resize: field("resize")?,
+            crop: field("crop")?,
+            crop_pct: field("crop_pct")?,
+            interpolation: field("interpolation")?,
+            mean: field("mean")?,
+            std: field("std")?,
+        })
+    }
+
+    /// The spec, with `preprocess`'s defaults for what is not given.
+    fn spec(&self) -> PyResult<PreprocessSpec> {
+        fn or<'py, T>(value: &Option<Bound<'py, PyAny>>, default: T) -> PyResult<T>
+        where
+            T: for<'a> FromPyObject<'a, 'py>,
+        {
+            value
+                .as_ref()
+                .map_or(Ok(default), |v| v.extract().map_err(Into::into))
+        }
+        let interpolation: String = or(&self.interpolation, "bilinear".to_owned())?;
+        spec(
+            self.resize.as_ref().map(|r| r.extract()).transpose()?,
+            or(&self.crop, 224)?,
+            self.crop_pct.as_ref().map(|c| c.extract()).transpose()?,
+            or(&self.mean, IMAGENET_MEAN)?,
+            or(&self.std, IMAGENET_STD)?,
+            &interpolation,
+        )
+    }
+}
+
 fn decode_options(spec: &PreprocessSpec, max_pixels: u64, draft: bool) -> DecodeOptions {
     DecodeOptions {
         max_pixels,
@@ -272,39 +341,50 @@ pub struct ImageClassifier {
 impl ImageClassifier {
     #[new]
     #[pyo3(signature = (
-        model_path, *, device = "cpu", resize = None, crop = 224,
-        mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], labels = None,
-        max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
-        forward_batch_size = None, precision = "fp32", interpolation = "bilinear",
-        crop_pct = None
+        model_path, *, device = "cpu", resize = None, crop = None, mean = None, std = None,
+        labels = None, max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
+        forward_batch_size = None, precision = "fp32", interpolation = None, crop_pct = None,
+        preprocess_config = None
     ), text_signature = "(model_path, *, device='cpu', resize=None, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
         max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None, \
-        precision='fp32', interpolation='bilinear', crop_pct=None)")]
+        precision='fp32', interpolation='bilinear', crop_pct=None, preprocess_config=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_path: PathBuf,
         device: &str,
-        resize: Option<ResizeArg>,
-        crop: u32,
-        mean: [f32; 3],
-        std: [f32; 3],
+        resize: Option<Bound<'_, PyAny>>,
+        crop: Option<Bound<'_, PyAny>>,
+        mean: Option<Bound<'_, PyAny>>,
+        std: Option<Bound<'_, PyAny>>,
         labels: Option<LabelsArg>,
         max_pixels: u64,
         draft: bool,
         optimize: bool,
         forward_batch_size: Option<usize>,
         precision: &str,
-        interpolation: &str,
-        crop_pct: Option<f64>,
+        interpolation: Option<Bound<'_, PyAny>>,
+        crop_pct: Option<Bound<'_, PyAny>>,
+        preprocess_config: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = ModelOptions {
             device: device.parse()?,
             precision: precision.parse()?,
             optimize,
         };
-        let spec = spec(resize, crop, crop_pct, mean, std, interpolation)?;
+        let given = Recipe {
+            resize,
+            crop,
+            crop_pct,
+            interpolation,
+            mean,
+            std,
+        };
+        let spec = match preprocess_config {
+            None => given.spec()?,
+            Some(config) => given.over_config(&config)?.spec()?,
+        };
         let decode = decode_options(&spec, max_pixels, draft);
         let labels = match labels {
             None => None,

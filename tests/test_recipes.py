@@ -374,6 +374,39 @@ def tiny_logits(data: bytes, **recipe: Any) -> np.ndarray:
         return model(reference(data, **recipe).unsqueeze(0))[0].numpy()
 
 
+def test_the_classifier_takes_a_config_and_its_arguments_win(
+    photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    config = write_json(
+        tmp_path / "config.json",
+        {"pretrained_cfg": {"crop_pct": 0.95, "interpolation": "bicubic", "mean": [0.5] * 3}},
+    )
+    data = photos["china.jpg"]
+    from_file = bmf.ImageClassifier(TINY_MODEL, preprocess_config=config, optimize=False)
+    (got,) = from_file.logits([data])
+    expected = tiny_logits(
+        data, resize=math.floor(224 / 0.95), interpolation="bicubic", mean=(0.5,) * 3
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # A mapping does as well as a file; what is given explicitly wins, the rest is the file's.
+    overridden = bmf.ImageClassifier(
+        TINY_MODEL,
+        preprocess_config=json.loads(config.read_text()),
+        resize=256,
+        interpolation="bilinear",
+        optimize=False,
+    )
+    (got,) = overridden.logits([data])
+    expected = tiny_logits(data, resize=256, interpolation="bilinear", mean=(0.5,) * 3)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="crop_mode"):
+        bmf.ImageClassifier(
+            TINY_MODEL, preprocess_config={"pretrained_cfg": {"crop_mode": "border"}}
+        )
+    with pytest.raises(FileNotFoundError):
+        bmf.ImageClassifier(TINY_MODEL, preprocess_config=tmp_path / "missing.json")
+
+
 def test_the_handler_reads_the_file_once_and_its_arguments_win(
     photos: dict[str, bytes], tmp_path: Path
 ) -> None:

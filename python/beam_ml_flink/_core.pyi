@@ -1,8 +1,8 @@
 """Type stubs and documentation of the native module `beam_ml_flink._core`."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
-from typing import final
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -168,14 +168,21 @@ class ImageClassifier:
             A package computes in what it was compiled in and takes only 'fp32' here.
         interpolation: As in :func:`preprocess`.
         crop_pct: As in :func:`preprocess`.
+        preprocess_config: The model's own recipe: a timm ``config.json`` / ``pretrained_cfg``
+            or a Hugging Face ``preprocessor_config.json`` (a path, a Beam URI or a mapping),
+            read by :func:`beam_ml_flink.read_preprocess_config`. The preprocessing arguments
+            given explicitly win over it; those not given come from it instead of the
+            defaults above.
 
     Raises:
-        FileNotFoundError: The model or labels file does not exist.
+        FileNotFoundError: The model, labels or preprocessing config file does not exist.
         ModelLoadError: The file is neither TorchScript nor a package this machine can run, does
             not accept the preprocessed size, does not return [N, classes], or has a different
             number of classes than labels.
-        ValueError: An option is out of range, or CUDA was asked for and is not available
-            (the message says whether the installed torch lacks CUDA or the machine a GPU).
+        ValueError: An option is out of range, a field of ``preprocess_config`` asks for what
+            the recipe cannot do (the message names the file and the field), or CUDA was asked
+            for and is not available (the message says whether the installed torch lacks CUDA
+            or the machine a GPU).
     """
 
     def __new__(
@@ -195,6 +202,7 @@ class ImageClassifier:
         precision: str = "fp32",
         interpolation: str = "bilinear",
         crop_pct: float | None = None,
+        preprocess_config: str | PathLike[str] | Mapping[str, Any] | None = None,
     ) -> ImageClassifier: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.
