@@ -207,6 +207,31 @@ def test_timm_classes_come_from_the_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_timm_pre_logits_are_the_features_its_classifier_takes(tmp_path: Path) -> None:
+    # --output_name pre_logits: the package returns what timm's forward_head gives with
+    # pre_logits=True (the pooled features), the embeddings of a model trained as a classifier.
+    package = compiled(
+        "--timm", TIMM_ARCH, "--seed", "2", "--output_name", "pre_logits", "--output", str(tmp_path)
+    )
+    torch.manual_seed(2)
+    model = timm.create_model(TIMM_ARCH, pretrained=False).eval()
+    from timm.data import create_transform, resolve_data_config
+
+    images = photos()
+    transform = create_transform(**resolve_data_config(model=model))
+    batch = torch.stack([transform(pil(data)) for data in images])
+    with torch.no_grad():
+        theirs = model.forward_head(model.forward_features(batch), pre_logits=True)
+    # MobileNetV3's head widens the pooled features (num_features) to head_hidden_size.
+    assert theirs.shape == (len(images), model.head_hidden_size)
+    recipe_file = package.with_suffix("").with_suffix(".preprocess.json")
+    classifier = bmf.ImageClassifier(package, preprocess_config=recipe_file)
+    vectors, errors = classifier.embed(images)
+    assert errors == [None] * len(images)
+    assert_close(torch.from_numpy(vectors), theirs)
+
+
+@pytest.mark.slow
 def test_hugging_face_folder_runs_as_transformers(tmp_path: Path) -> None:
     folder = tmp_path / "tiny-vit"
     model = tiny_vit(folder, seed=5)
@@ -267,6 +292,25 @@ def test_hugging_face_vision_model_returns_its_pooled_output(tmp_path: Path) -> 
     ours = bmf.ImageClassifier(package, resize=72, crop=64).logits(images)
     assert ours.shape == (len(images), 16)
     assert_close(torch.from_numpy(ours), theirs)
+
+
+def test_output_name_is_for_timm_and_hugging_face_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from beam_ml_flink.compile import build_parser, load_timm
+
+    # Its package is another package than the logits' (its name is a hash of the identity).
+    identities = {
+        load_timm(
+            build_parser().parse_args(["--timm", TIMM_ARCH, *given, "--output", "x"])
+        ).identity
+        for given in ([], ["--output_name", "logits"], ["--output_name", "pre_logits"])
+    }
+    assert len(identities) == 2
+    with pytest.raises(SystemExit) as exit:
+        compile_main(["--model_name", "resnet18", "--output_name", "x", "--output", str(tmp_path)])
+    assert exit.value.code == 2
+    assert "--output_name picks an output of a --timm or --hf model" in capsys.readouterr().err
 
 
 def test_the_recipe_beside_a_model_is_found_by_its_name(tmp_path: Path) -> None:
@@ -332,6 +376,15 @@ def test_the_recipe_beside_a_remote_model_is_read(
         (
             ["--timm", "resnet18", "--model_state_dict_path", "{tmp}/missing.safetensors"],
             "--model_state_dict_path {tmp}/missing.safetensors does not exist",
+        ),
+        (
+            ["--timm", "resnet18", "--output_name", "features"],
+            "timm's resnet18 has no output 'features'; --output_name takes logits or pre_logits",
+        ),
+        (
+            ["--hf", "{tmp}/vit", "--output_name", "pooler_output"],
+            "the ViTForImageClassification of {tmp}/vit/config.json has no output "
+            "'pooler_output'; its output has logits [1, 2]",
         ),
     ],
 )

@@ -321,7 +321,38 @@ def load_timm(args: argparse.Namespace) -> Source:
             model = timm.create_model(name, pretrained=False, num_classes=classes)
         load_weights(model, weights, path, f"timm's {name}")
         identity = f"timm {timm.__version__} {name}".encode() + path.read_bytes()
+    output = args.output_name or "logits"
+    if output not in TIMM_OUTPUTS:
+        raise CompileError(
+            f"timm's {name} has no output {output!r}; --output_name takes "
+            f"{' or '.join(TIMM_OUTPUTS)} with --timm"
+        )
+    if output == "pre_logits":
+        model, identity = timm_pre_logits(model).eval(), identity + b" pre_logits"
     return Source(model, identity, name, pretrained_cfg)
+
+
+# What a timm package may return: the classifier's logits, or the pooled features the classifier
+# takes (timm's forward_head(..., pre_logits=True)): the model's embeddings.
+TIMM_OUTPUTS = ("logits", "pre_logits")
+
+
+def timm_pre_logits(model: Any) -> Any:
+    """A timm model wrapped to return its pre-logits features, as
+    ``model.forward_head(model.forward_features(x), pre_logits=True)``."""
+    import torch
+
+    class PreLogits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.model.forward_features(x)
+            pooled: torch.Tensor = self.model.forward_head(features, pre_logits=True)
+            return pooled
+
+    return PreLogits(model)
 
 
 def load_hugging_face(args: argparse.Namespace) -> Source:
@@ -398,7 +429,9 @@ def load_hugging_face(args: argparse.Namespace) -> Source:
     if preprocessor.is_file():
         identity += preprocessor.read_bytes()
         preprocess_config = json.loads(preprocessor.read_text())
-    module = _tensor_output(model, "logits" if classifier else "pooler_output", config_file)
+    field = args.output_name or ("logits" if classifier else "pooler_output")
+    module = _tensor_output(model, field, config_file)
+    identity += f" output {field}".encode()
     return Source(module, identity, folder.resolve().name, preprocess_config)
 
 
@@ -442,8 +475,11 @@ def _tensor_output(model: Any, field: str, config_file: Path) -> Any:
             super().__init__()
             self.model = inner
 
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return getattr(self.model(pixel_values=pixel_values), field)
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+            output: torch.Tensor | None = getattr(
+                self.model(pixel_values=pixel_values), field, None
+            )
+            return output
 
     module = TensorOutput(model).eval()
     size = getattr(model.config, "image_size", 224)
@@ -456,13 +492,33 @@ def _tensor_output(model: Any, field: str, config_file: Path) -> Any:
                 f"the model of {config_file} does not run on a [1, 3, {side}, {side}] image: "
                 f"{first_line(e)}"
             ) from e
+    if output is None:
+        raise CompileError(
+            f"the {type(model).__name__} of {config_file} has no output {field!r}; its "
+            f"output has {', '.join(_output_fields(module, side))}: give one of those of shape "
+            "[batch, features] to --output_name"
+        )
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise CompileError(
             f"the model of {config_file} has no {field} of shape [batch, features] to return "
-            "(a vision model without a pooler?); give a model with a classification head or "
-            "a pooler, or compile your own wrapper with --factory"
+            f"(it is {shape}; a vision model without a pooler?); give a model with a "
+            "classification head or a pooler, another --output_name, or compile your own "
+            "wrapper with --factory"
         )
     return module
+
+
+def _output_fields(module: Any, side: int) -> list[str]:
+    """The fields of a transformers model's output, with their shapes."""
+    import torch
+
+    with torch.no_grad():
+        output = module.model(pixel_values=torch.zeros(1, 3, side, side))
+    return [
+        f"{name} {list(value.shape)}" if isinstance(value, torch.Tensor) else name
+        for name, value in output.items()
+    ]
 
 
 def random_weights(why: str, seed: int) -> None:
@@ -609,6 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="Random weights' seed (no state dict).")
     parser.add_argument(
+        "--output_name",
+        metavar="NAME",
+        help="What the package returns, for models with several outputs: with --timm, logits "
+        "(the default) or pre_logits (the pooled features the classifier takes: embeddings); "
+        "with --hf, a field of the model's output of shape [batch, features] (by default "
+        "logits of a classifier, pooler_output of a vision model; e.g. image_embeds).",
+    )
+    parser.add_argument(
         "--output",
         required=True,
         help="The package (a .pt2 path), or a folder where it is named by a content hash and "
@@ -644,6 +708,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.model_state_dict_path and not (args.model_name or args.timm or args.hf):
         parser.error("--model_state_dict_path goes with --model_name, --timm or --hf")
+    if args.output_name and not (args.timm or args.hf):
+        parser.error(
+            "--output_name picks an output of a --timm or --hf model; a --model_name or "
+            "--factory model returns its one tensor (wrap it to return another)"
+        )
     if args.int8 and not args.calibration:
         parser.error("--int8 needs --calibration: a folder, list or glob of images")
     if args.int8 and args.device != "cpu":
