@@ -151,6 +151,14 @@ def test_original_pipeline_flags_and_csv_output(tmp_path: Path, photos: dict[str
         ([f"--model_path={DEMO_MODEL}", "--resize=2x2"], "--resize takes a positive shorter side"),
         ([f"--model_path={DEMO_MODEL}", "--mean=1,2"], "expected three comma-separated numbers"),
         ([f"--model_path={DEMO_MODEL}", "--precision=int8"], "--precision: invalid choice"),
+        (
+            [f"--model_path={DEMO_MODEL}", "--output_kind=embeddings", "--top_k=3"],
+            "--top_k names classes, and --output_kind embeddings writes the model's vectors",
+        ),
+        (
+            [f"--model_path={DEMO_MODEL}", "--output_kind=embeddings", f"--labels={DEMO_MODEL}"],
+            "drop --labels or --output_kind embeddings",
+        ),
     ],
 )
 def test_usage_errors_are_clear(tmp_path: Path, args: list[str], message: str) -> None:
@@ -447,6 +455,34 @@ def test_beam_still_parses_every_flag_of_the_options() -> None:
     assert options.view_as(FlinkStreamingOptions).checkpointing_interval == 500
     assert options.view_as(StandardOptions).runner == "FlinkRunner"
     assert options.get_all_options()["flink_master"] == "localhost:8081"
+
+
+def test_a_kafka_job_gets_short_bundles_and_checkpoints_unless_told(tmp_path: Path) -> None:
+    from beam_ml_flink.__main__ import parse
+    from beam_ml_flink.options import FlinkStreamingOptions
+
+    kafka = [
+        "--input_topic=images",
+        "--output_topic=answers",
+        "--bootstrap_servers=localhost:9092",
+        f"--model_path={DEMO_MODEL}",
+        "--runner=FlinkRunner",
+    ]
+    for given, bundle_ms, checkpoint_ms in (
+        ([], 100, 10_000),
+        (["--max_bundle_time_mills=1000", "--checkpointing_interval=500"], 1000, 500),
+    ):
+        _, options = parse([*kafka, *given])
+        flink = options.view_as(FlinkStreamingOptions)
+        assert (flink.max_bundle_time_mills, flink.checkpointing_interval) == (
+            bundle_ms,
+            checkpoint_ms,
+        )
+    # A file job keeps Beam's default.
+    _, options = parse(
+        [f"--input={IMAGES}", f"--output={tmp_path / 'o'}", f"--model_path={DEMO_MODEL}"]
+    )
+    assert options.view_as(FlinkStreamingOptions).max_bundle_time_mills is None
 
 
 def _mixed_list(tmp_path: Path) -> tuple[Path, dict[str, int]]:

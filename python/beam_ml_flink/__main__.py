@@ -100,6 +100,10 @@ FAILED_AT = {
 # A Kafka job's checkpoints: its consumer offsets are committed with each, and a restarted job
 # resumes from the last one.
 KAFKA_CHECKPOINT_MS = 10_000
+# A Kafka job's bundles close after at most this long: each step hands its records on when its
+# bundle closes. make bench-streaming, checkpoints on: at 8 messages/s p50 0.19 s with 100 ms
+# against 2.4 s with Beam's 1000 ms, and saturation 98.3 images/s against 92.0.
+KAFKA_BUNDLE_MS = 100
 # What a cancelled streaming job leaves undone.
 FILES_CANCELLED = "the windows still open are not written"
 KAFKA_CANCELLED = (
@@ -171,6 +175,13 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
         )
     if args.normalize_embeddings and args.output_kind != "embeddings":
         parser.error("--normalize_embeddings needs --output_kind embeddings")
+    if args.output_kind == "embeddings":
+        for flag in ("labels", "top_k"):
+            if getattr(args, flag) is not None:
+                parser.error(
+                    f"--{flag} names classes, and --output_kind embeddings writes the model's "
+                    f"vectors, not classes: drop --{flag} or --output_kind embeddings"
+                )
     # Remote paths are read through Beam's filesystems with this command's options (the S3
     # endpoint and keys); a store that does not answer, refuses the keys or lacks a bucket stops
     # the command here, within seconds.
@@ -380,6 +391,8 @@ def _kafka_argv(
         beam_argv.append("--streaming")  # a topic is unbounded
     if not _given(beam_argv, "checkpointing_interval"):
         beam_argv.append(f"--checkpointing_interval={KAFKA_CHECKPOINT_MS}")
+    if not _given(beam_argv, "max_bundle_time_mills"):
+        beam_argv.append(f"--max_bundle_time_mills={KAFKA_BUNDLE_MS}")
     return beam_argv
 
 
@@ -401,7 +414,9 @@ def handler_for(args: argparse.Namespace) -> ImageClassifierHandler:
     if resize is None and args.crop_pct is None and args.preprocess_config is None:
         resize = STATE_DICT_RESIZE if args.model_state_dict_path else None
     handler: type[ImageClassifierHandler] = ImageClassifierHandler
-    kind: dict[str, Any] = {"labels": args.labels, "top_k": args.top_k}
+    kind: dict[str, Any] = {"labels": args.labels}
+    if args.top_k is not None:
+        kind["top_k"] = args.top_k
     if args.output_kind == "embeddings":
         handler, kind = ImageEmbedderHandler, {"normalize": args.normalize_embeddings}
     return handler(

@@ -155,7 +155,7 @@ class ImageClassificationOptions(PipelineOptions):
             "--model_name", help="The torchvision architecture of --model_state_dict_path."
         )
         results.add_argument(
-            "--top_k", type=positive_int, default=5, help="Classes kept per image."
+            "--top_k", type=positive_int, help="Classes kept per image (default 5)."
         )
         preprocessing.add_argument(
             "--resize",
@@ -387,7 +387,8 @@ class FlinkStreamingOptions(PipelineOptions):
         flink.add_argument(
             "--max_bundle_time_mills",
             type=int,
-            help="Flink: most milliseconds a bundle stays open (Beam's default 1000 when "
-            "streaming); each step of a streaming job hands its results on when its bundle "
-            "closes, so this bounds the latency each step adds.",
+            help="Flink: most milliseconds a bundle stays open (a Kafka job's 100 unless told "
+            "otherwise, Beam's default 1000 for other streams); each step of a streaming job "
+            "hands its results on when its bundle closes, so this bounds the latency each step "
+            "adds.",
         )
