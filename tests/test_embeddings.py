@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli import classify, read_jsonl
+from test_cli import PRISM, classify, read_jsonl
 
 import beam_ml_flink as bmf
 from conftest import DEMO_MEAN, DEMO_MODEL, DEMO_STD, IMAGES, encode, reference
@@ -146,3 +146,42 @@ def test_the_command_writes_every_image_s_vector_or_its_failure(
         np.testing.assert_allclose(vector, expected[name], atol=1e-5, rtol=0, err_msg=name)
     assert sorted(Path(f["image"]).name for f in failures) == ["corrupt.jpg", "empty.png"]
     assert "2 failed" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_stream_of_embeddings_leaves_the_npy_layout_of_its_windows(
+    features_model: Path, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    """A watched folder on Prism, Parquet embeddings per window: when the stream stops, each
+    window's vectors as .npy beside its images, torch's normalised features."""
+    import pyarrow.parquet as pq
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = sorted(photos)[:3]
+    for name in names:
+        (inbox / name).write_bytes(photos[name])
+    out = tmp_path / "out" / "vectors"
+    run = classify(
+        *embeddings_args(inbox, out, features_model, "parquet"),
+        "--runner=PrismRunner",
+        f"--prism_location={PRISM}",
+        "--streaming",
+        "--poll_interval=1",
+        "--window_size=2",
+        "--stop_after=20",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    windows = sorted(out.parent.glob("vectors-*.parquet"))
+    assert windows and all("-[" in w.name for w in windows), windows
+    expected = torch_features(features_model, {n: photos[n] for n in names})
+    got = {}
+    for i, window in enumerate(windows):
+        table = pq.read_table(window).to_pylist()
+        vectors = np.load(out.parent / "vectors_img_emb" / f"img_emb_{i}.npy")
+        meta = pq.read_table(out.parent / "vectors_metadata" / f"metadata_{i}.parquet")
+        assert meta.column("image").to_pylist() == [r["image"] for r in table]
+        got |= dict(zip((Path(r["image"]).name for r in table), vectors, strict=True))
+    assert sorted(got) == names
+    for name, vector in got.items():
+        np.testing.assert_allclose(vector, expected[name], atol=1e-5, rtol=0, err_msg=name)

@@ -501,7 +501,8 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     failed = log_summary(
         result, time.perf_counter() - started, flink_master(options), failures_output(args)
     )
-    if args.output_kind == "embeddings" and args.output_format == "parquet" and not streaming:
+    if args.output_kind == "embeddings" and args.output_format == "parquet" and args.output:
+        # After a stream too: the windows it wrote (a cancelled stream's open ones are not).
         if npy := write_npy_shards(args.output):
             logger.info(
                 "the vectors as %d .npy shards, each with its images in a Parquet file: %s, ...",
