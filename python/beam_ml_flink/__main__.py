@@ -80,6 +80,7 @@ from beam_ml_flink.services import JAVA_17_FLAGS, cancel_flink_jobs, flink_job_m
 from beam_ml_flink.shards import ReadShards, expand_patterns, is_sharded, local_shard_paths
 from beam_ml_flink.stores import StoreError, check_remote_input, check_stores
 from beam_ml_flink.streaming import Watch, watched_image_uris
+from beam_ml_flink.window_files import remove_temp_folder
 
 # The DirectRunner runs this pipeline in batch (it has no streaming runner for it).
 BATCH_ONLY_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
@@ -501,6 +502,9 @@ def run(argv: Sequence[str] | None = None) -> PipelineResult:
     failed = log_summary(
         result, time.perf_counter() - started, flink_master(options), failures_output(args)
     )
+    if streaming and args.output:
+        for prefix in (args.output, f"{args.output}_{FAILURES}"):
+            remove_temp_folder(prefix)
     if args.output_kind == "embeddings" and args.output_format == "parquet" and args.output:
         # After a stream too: the windows it wrote (a cancelled stream's open ones are not).
         if npy := write_npy_shards(args.output):

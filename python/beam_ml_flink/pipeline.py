@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
@@ -23,6 +24,7 @@ from beam_ml_flink.beam import ImageClassifierHandler
 from beam_ml_flink.counts import FAILED_INFERENCE, FAILED_READ, count_failures
 from beam_ml_flink.embeddings import Embedding, embedding_record, embedding_schema
 from beam_ml_flink.stores import image_pattern, scheme
+from beam_ml_flink.window_files import ParquetRows, WriteWindowFiles
 
 # A file this large is refused before it is read: no image the decoder accepts is bigger.
 MAX_FILE_BYTES = 1 << 30
@@ -304,19 +306,32 @@ def write_results(
     output_kind: str = "classes",
 ) -> None:
     """Writes predictions (or, with ``output_kind`` 'embeddings', vectors) to files starting
-    with ``output`` and failures to ``output_failures``; a streaming job writes a file per
-    window, named by its start and end."""
+    with ``output`` and failures to ``output_failures``; a streaming job writes a set of files
+    per window, named by its start and end."""
+    failures_prefix = f"{output}_{FAILURES}"
+    if not classified.predictions.is_bounded:
+        _write_windows(classified, output, output_format, output_kind)
+        return
     if output_format == "parquet":
         schema = embedding_schema() if output_kind == "embeddings" else prediction_schema()
         _ = (
             classified.predictions
             | "PredictionRows" >> beam.Map(prediction_record)
-            | "WritePredictions" >> _WriteParquet(output, schema)
+            | "WritePredictions"
+            >> beam.io.WriteToParquet(
+                output, schema, file_name_suffix=".parquet", record_batch_size=256
+            )
         )
         _ = (
             classified.failures
             | "FailureRows" >> beam.Map(failure_record)
-            | "WriteFailures" >> _WriteParquet(f"{output}_{FAILURES}", failure_schema())
+            | "WriteFailures"
+            >> beam.io.WriteToParquet(
+                failures_prefix,
+                failure_schema(),
+                file_name_suffix=".parquet",
+                record_batch_size=256,
+            )
         )
         return
     # Beam's S3 uploader cannot write an empty object (it completes a multipart upload of no
@@ -325,13 +340,11 @@ def write_results(
     # never empty.
     empty: dict[str, Any] = {"skip_if_empty": True} if scheme(output) == "s3" else {}
     if output_format == "csv":
-        # Exactly ``output`` in batch, as the original pipeline; one file per window when streaming.
-        one_file = "" if classified.predictions.is_bounded else None
+        # Exactly ``output``, as the original pipeline.
         _ = (
             classified.predictions
             | "PredictionsCsv" >> beam.Map(prediction_csv)
-            | "WritePredictions"
-            >> beam.io.WriteToText(output, shard_name_template=one_file, **empty)
+            | "WritePredictions" >> beam.io.WriteToText(output, shard_name_template="", **empty)
         )
     else:
         _ = (
@@ -343,38 +356,38 @@ def write_results(
         classified.failures
         | "FailuresJson" >> beam.Map(failure_json)
         | "WriteFailures"
-        >> beam.io.WriteToText(f"{output}_{FAILURES}", file_name_suffix=".jsonl", **empty)
+        >> beam.io.WriteToText(failures_prefix, file_name_suffix=".jsonl", **empty)
     )
 
 
-class _WriteParquet(beam.PTransform):
-    """Rows (dicts) to Parquet files starting with ``prefix``: Beam's WriteToParquet in batch;
-    in a stream, rows batched per window into Arrow tables for WriteToParquetBatched, because
-    WriteToParquet's own batching emits its tables in the global window, which a windowed
-    stream's grouping cannot take (Prism 2.77 fails the job)."""
-
-    def __init__(self, prefix: str, schema: Any) -> None:
-        super().__init__()
-        self._prefix = prefix
-        self._schema = schema
-
-    def expand(self, rows: beam.PCollection) -> Any:
-        if rows.is_bounded:
-            return rows | beam.io.WriteToParquet(
-                self._prefix, self._schema, file_name_suffix=".parquet", record_batch_size=256
-            )
-        return (
-            rows
-            | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
-            | "ArrowTables" >> beam.Map(_arrow_table, self._schema)
-            | beam.io.WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
-        )
-
-
-def _arrow_table(rows: list[dict[str, Any]], schema: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(rows, schema=schema)
+def _write_windows(
+    classified: ClassifiedImages, output: str, output_format: str, output_kind: str
+) -> None:
+    """A stream's files: a set per window (see :mod:`beam_ml_flink.window_files`)."""
+    rows: Callable[[Prediction], Any]
+    failure_rows: Callable[[tuple[Any, str]], Any]
+    sink: Callable[[], fileio.FileSink]
+    failure_sink: Callable[[], fileio.FileSink]
+    if output_format == "parquet":
+        schema = embedding_schema() if output_kind == "embeddings" else prediction_schema()
+        rows, failure_rows, suffix = prediction_record, failure_record, ".parquet"
+        sink = partial(ParquetRows, schema)
+        failure_sink = partial(ParquetRows, failure_schema())
+    else:
+        rows = prediction_csv if output_format == "csv" else prediction_json
+        failure_rows, suffix = failure_json, "" if output_format == "csv" else ".jsonl"
+        sink = failure_sink = fileio.TextSink
+    _ = (
+        classified.predictions
+        | "PredictionRows" >> beam.Map(rows)
+        | "WritePredictions" >> WriteWindowFiles(output, suffix, sink)
+    )
+    _ = (
+        classified.failures
+        | "FailureRows" >> beam.Map(failure_rows)
+        | "WriteFailures"
+        >> WriteWindowFiles(f"{output}_{FAILURES}", suffix or ".jsonl", failure_sink)
+    )
 
 
 def output_files(output: str) -> list[str]:
