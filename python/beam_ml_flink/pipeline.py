@@ -310,7 +310,7 @@ def write_results(
     per window, named by its start and end."""
     failures_prefix = f"{output}_{FAILURES}"
     if not classified.predictions.is_bounded:
-        _write_windows(classified, output, output_format, output_kind)
+        _write_windows(classified, output, failures_prefix, output_format, output_kind)
         return
     if output_format == "parquet":
         schema = embedding_schema() if output_kind == "embeddings" else prediction_schema()
@@ -361,7 +361,11 @@ def write_results(
 
 
 def _write_windows(
-    classified: ClassifiedImages, output: str, output_format: str, output_kind: str
+    classified: ClassifiedImages,
+    output: str,
+    failures_prefix: str,
+    output_format: str,
+    output_kind: str,
 ) -> None:
     """A stream's files: a set per window (see :mod:`beam_ml_flink.window_files`)."""
     rows: Callable[[Prediction], Any]
@@ -385,8 +389,7 @@ def _write_windows(
     _ = (
         classified.failures
         | "FailureRows" >> beam.Map(failure_rows)
-        | "WriteFailures"
-        >> WriteWindowFiles(f"{output}_{FAILURES}", suffix or ".jsonl", failure_sink)
+        | "WriteFailures" >> WriteWindowFiles(failures_prefix, suffix or ".jsonl", failure_sink)
     )
 
 
