@@ -363,11 +363,16 @@ def write_results(rows: list[dict], sizes: list[int], args) -> None:
         return f"{same}/{total}"
 
     large = sizes[-1]
+    runs = (
+        f"medians of {args.repeats} runs per contender and size, the contenders alternating"
+        if args.repeats > 1
+        else "one run per contender and size, the contenders one after the other"
+    )
     lines = [
         f"Machine: {os.cpu_count()} cores, {cpu_model()}; Python {sys.version.split()[0]}; "
         f"{args.threads} intra-op threads for every model. Each contender a whole process "
         f"(bench/peers/), batch {BATCH}, the 256 photos of 640x427 repeated to each size; "
-        f"medians of {args.repeats} runs per contender and size, the contenders alternating. "
+        f"{runs}. "
         "Whole process: images over the seconds from the process's start to its exit. Steady: "
         "the images between the smallest and the largest size over the difference of their "
         "whole-process seconds. Peak memory: the summed PSS of the contender's processes. "
@@ -406,7 +411,7 @@ def write_results(rows: list[dict], sizes: list[int], args) -> None:
         )
         ax.invert_yaxis()
         ax.set_title(f"{model}, model {treatment}\n{large} images, whole process", fontsize=9)
-        ax.set_xlabel("images/s (median)")
+        ax.set_xlabel("images/s (median)" if args.repeats > 1 else "images/s")
     fig.tight_layout()
     fig.savefig(args.results / "peers.png", dpi=110)
 
