@@ -234,7 +234,7 @@ def test_a_folder_stream_loses_no_image_when_the_taskmanager_is_killed(
     first, later = list(files)[:20], [*list(files)[20:30], not_an_image, *list(files)[30:]]
     for path in first:
         drop(photos[files[path]], path)
-    restarts_before = _jobmanager_log(cluster).count("switched from state RUNNING to RESTARTING")
+    restarts_before = _restarts(cluster)
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(open(tmp_path / "job.log", "w"))
         job = subprocess.Popen(
@@ -246,13 +246,7 @@ def test_a_folder_stream_loses_no_image_when_the_taskmanager_is_killed(
                 "--streaming",
                 "--poll_interval=1",
                 "--window_size=2",
-                "--checkpointing_interval=2000",
-                "--state_backend=filesystem",
-                f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}",
-                "--runner=PortableRunner",
-                f"--job_endpoint={server.endpoint}",
-                f"--flink_master={cluster.master}",
-                "--environment_type=LOOPBACK",
+                *checkpointed_on(server, cluster, tmp_path / "checkpoints"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -282,7 +276,7 @@ def test_a_folder_stream_loses_no_image_when_the_taskmanager_is_killed(
         cluster.start_taskmanager()
         everything = {str(p) for p in [*first, *later]}
         _wait_for(lambda: answered() >= everything, 300, "every file's answer after the kill")
-        restarts = _jobmanager_log(cluster).count("switched from state RUNNING to RESTARTING")
+        restarts = _restarts(cluster)
         assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
         # SIGTERM to the command cancels the job on the cluster, which frees its slots.
         os.killpg(job.pid, signal.SIGTERM)
@@ -317,6 +311,27 @@ def sdk_environment(environment: str, work_dir: Path) -> Iterator[list[str]]:
 
 def _jobmanager_log(cluster: services.LocalFlinkCluster) -> str:
     return "".join(p.read_text() for p in cluster.log_dir.glob("*standalonesession*.log"))
+
+
+def _restarts(cluster: services.LocalFlinkCluster) -> int:
+    """How many times the JobManager has restarted a job so far."""
+    return _jobmanager_log(cluster).count("switched from state RUNNING to RESTARTING")
+
+
+def checkpointed_on(
+    server: services.JobServer, cluster: services.LocalFlinkCluster, checkpoints: Path
+) -> list[str]:
+    """The flags of a streaming job on the local cluster through the job server, LOOPBACK,
+    checkpointed every 2 s into ``checkpoints``."""
+    return [
+        "--checkpointing_interval=2000",
+        "--state_backend=filesystem",
+        f"--state_backend_storage_path=file://{checkpoints}",
+        "--runner=PortableRunner",
+        f"--job_endpoint={server.endpoint}",
+        f"--flink_master={cluster.master}",
+        "--environment_type=LOOPBACK",
+    ]
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:

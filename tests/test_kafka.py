@@ -24,8 +24,9 @@ from test_flink import (
     FLINK_CONF_LOCAL,
     FLINK_LOCATION,
     JOB_SERVER_JAR,
-    _jobmanager_log,
+    _restarts,
     _wait_for,
+    checkpointed_on,
 )
 
 from beam_ml_flink import services
@@ -269,22 +270,14 @@ def test_nothing_is_lost_when_the_taskmanager_is_killed(
                 "-m",
                 "beam_ml_flink",
                 *kafka_args(broker, expansion, run),
-                "--checkpointing_interval=2000",
-                "--state_backend=filesystem",
-                f"--state_backend_storage_path=file://{tmp_path / 'checkpoints'}",
-                "--runner=PortableRunner",
-                f"--job_endpoint={server.endpoint}",
-                f"--flink_master={cluster.master}",
-                "--environment_type=LOOPBACK",
+                *checkpointed_on(server, cluster, tmp_path / "checkpoints"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         stack.callback(lambda: job.poll() is None and job.kill())
-        restarts_before = _jobmanager_log(cluster).count(
-            "switched from state RUNNING to RESTARTING"
-        )
+        restarts_before = _restarts(cluster)
 
         def answered() -> int:
             collector.poll(0.5)
@@ -308,7 +301,7 @@ def test_nothing_is_lost_when_the_taskmanager_is_killed(
         all_answered = collector.until_answered(list(expected), 400, job)
         collector.poll(5)  # late duplicates
         collector.close()
-        restarts = _jobmanager_log(cluster).count("switched from state RUNNING to RESTARTING")
+        restarts = _restarts(cluster)
         # SIGTERM to the command cancels the job on the cluster, which frees its slots.
         os.killpg(job.pid, signal.SIGTERM)
         assert job.wait(timeout=120) == 0

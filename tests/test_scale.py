@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from make_shards import Shards, make_shards
 from test_cli import demo_args
-from test_flink import FLINK_CONF_LOCAL, FLINK_LOCATION, JOB_SERVER_JAR, _jobmanager_log, _wait_for
+from test_flink import FLINK_CONF_LOCAL, FLINK_LOCATION, JOB_SERVER_JAR, _restarts, _wait_for
 from test_flink import results as read_results
 
 from beam_ml_flink import services
@@ -137,7 +137,7 @@ def test_a_killed_taskmanager_is_replaced_and_every_sample_comes_out_once(
     """TaskManager 1 is killed (SIGKILL) mid-job and started again, as an orchestrator would:
     Flink's restart strategy reruns the job, and every sample still comes out exactly once."""
     server, flink = cluster
-    restarts_before = _jobmanager_log(flink).count("switched from state RUNNING to RESTARTING")
+    restarts_before = _restarts(flink)
     with open(tmp_path / "job.log", "w") as log:
         job = subprocess.Popen(
             job_command(tar_shards(shards), tmp_path / "results", server, flink),
@@ -158,7 +158,7 @@ def test_a_killed_taskmanager_is_replaced_and_every_sample_comes_out_once(
                 job.kill()
     assert returncode == 0, (tmp_path / "job.log").read_text()[-3000:]
     assert_every_sample_once(tmp_path, expected)
-    restarts = _jobmanager_log(flink).count("switched from state RUNNING to RESTARTING")
+    restarts = _restarts(flink)
     assert restarts > restarts_before
     assert flink.overview()["taskmanagers"] == 2
 
