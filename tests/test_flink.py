@@ -262,7 +262,7 @@ def test_a_folder_stream_loses_no_image_when_the_taskmanager_is_killed(
                 drop(photos[files[path]] if path in files else b"not an image", path)
                 time.sleep(0.5)
 
-        # With checkpoints on, the watch sometimes never starts (6 of 23 starts here): all tasks
+        # With checkpoints on, the watch sometimes never starts (6 of 24 starts here): all tasks
         # run, checkpoints complete, and no file is ever matched. That fails here.
         _wait_for(lambda: len(answered()) >= 20, 240, "the job to answer the first 20 files")
         dropper = threading.Thread(target=drop_later)
