@@ -512,11 +512,6 @@ test-docker: init flink $(JOB_SERVER_JAR) docker-cpu ## Build the worker image, 
 	rm -rf build/test-docker
 	$(WITH_ENGINE) BMF_WORKER_IMAGE=$(LOCAL_IMAGE) $(PY) -m pytest tests/test_docker.py --basetemp=build/test-docker -v
 
-# Not in make test: the folder watch on Flink with checkpoints sometimes never starts (docs/cli.md).
-.PHONY: test-stream-recovery
-test-stream-recovery: init flink $(JOB_SERVER_JAR) ## A folder stream on the local cluster, checkpointed, its TaskManager killed mid-stream: every file answered
-	BMF_STREAM_RECOVERY=1 $(PY) -m pytest tests/test_flink.py -k folder_stream -v
-
 .PHONY: test-install
 test-install: wheel data/.made ## Install the wheel with its [beam] extra alone in a fresh venv and classify photos; then build and install the sdist there
 	rm -rf build/install-venv

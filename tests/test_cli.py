@@ -485,6 +485,31 @@ def test_a_kafka_job_gets_short_bundles_and_checkpoints_unless_told(tmp_path: Pa
     assert options.view_as(FlinkStreamingOptions).max_bundle_time_mills is None
 
 
+def test_a_folder_watch_on_flink_finishes_its_bundles_before_each_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A watch starts from one element; buffered in a checkpoint, the watch would never start."""
+    from beam_ml_flink.__main__ import parse
+    from beam_ml_flink.options import FlinkStreamingOptions
+
+    watch = [
+        f"--input={IMAGES}",
+        f"--output={tmp_path / 'o'}",
+        f"--model_path={DEMO_MODEL}",
+        "--streaming",
+        "--checkpointing_interval=2000",
+    ]
+    for runner, given, expected in (
+        ("FlinkRunner", [], True),
+        ("PortableRunner", [], True),
+        ("FlinkRunner", ["--finish_bundle_before_checkpointing=false"], False),
+        ("PrismRunner", [], None),
+    ):
+        _, options = parse([*watch, f"--runner={runner}", *given])
+        flink = options.view_as(FlinkStreamingOptions)
+        assert flink.finish_bundle_before_checkpointing is expected, (runner, given)
+
+
 def _mixed_list(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     """A list of one photo and of inputs that fail before inference, with how many of each
     kind it holds."""

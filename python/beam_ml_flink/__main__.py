@@ -237,6 +237,13 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, PipelineOptions]:
             # finishes at once: kept alive, it lets the watch poll until --stop_after.
             idle_ms = round(args.stop_after * 1000) if args.stop_after else FOREVER_MS
             beam_argv.append(f"--shutdown_sources_after_idle_ms={idle_ms}")
+        if runner in FLINK_RUNNERS and not _given(beam_argv, "finish_bundle_before_checkpointing"):
+            # The watch starts from one element (an impulse). If a checkpoint comes while the
+            # step that received it has its bundle open, Beam's Flink operator keeps that
+            # bundle's output in checkpointed state and emits it only with a later element or
+            # watermark, which never come: the watch would never start. Finishing bundles
+            # before each checkpoint barrier hands the output on first.
+            beam_argv.append("--finish_bundle_before_checkpointing")
     elif args.watch_models:
         parser.error("--watch_models needs --streaming: only a running job can swap its model")
     if args.watch_models and "://" not in args.watch_models:

@@ -78,3 +78,10 @@ def sha256_digest(text: str) -> str:
             f"got {text!r}"
         )
     return digest
+
+
+def true_or_false(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value == "true"

@@ -14,6 +14,7 @@ from beam_ml_flink.arguments import (
     seconds_or_zero,
     sha256_digest,
     triple,
+    true_or_false,
 )
 from beam_ml_flink.embeddings import OUTPUT_KINDS
 from beam_ml_flink.kafka import MESSAGE_FORMATS
@@ -378,6 +379,17 @@ class FlinkStreamingOptions(PipelineOptions):
             "--state_backend_storage_path",
             metavar="URI",
             help="Flink: where checkpoints are stored, e.g. file:///tmp/checkpoints.",
+        )
+        flink.add_argument(
+            "--finish_bundle_before_checkpointing",
+            nargs="?",
+            const=True,
+            type=true_or_false,
+            metavar="true|false",
+            help="Flink: finish every open bundle before a checkpoint barrier, so that no "
+            "step's output waits in checkpointed state (Beam's default false; true for a "
+            "folder watch on Flink, whose one starting element could otherwise stay buffered "
+            "and the watch never start).",
         )
         flink.add_argument(
             "--max_bundle_size",
