@@ -3,7 +3,7 @@
 //! resize against a plain full resize followed by a crop. (Pillow itself is the reference of
 //! the Python parity tests.)
 
-use _core::resample::{resize_rgb8, Filter};
+use _core::resample::{resize_rgb8, resize_rgb8_without_simd, Filter};
 use _core::transform::{center_offset, resized_size, PreprocessSpec, Resize};
 use image::{Rgb, RgbImage};
 
@@ -291,6 +291,62 @@ fn crop_box_stays_inside_the_image_whatever_the_rounding() {
                         panic!("{filter}: {width}x{height}, side {side}, crop {crop}: {e}")
                     });
                 }
+            }
+        }
+    }
+}
+
+/// A deterministic image with every byte value, flat runs and noise.
+fn noisy(width: usize, height: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    (0..width * height * 3)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            if (i / 3 / width).is_multiple_of(7) {
+                (i % 256) as u8
+            } else {
+                (state >> 24) as u8
+            }
+        })
+        .collect()
+}
+
+/// The resize with its SIMD passes (where this CPU has them) is the plain one, byte for byte:
+/// every filter, shrinking and enlarging, tap counts from 2 to over 100, crops, one row and odd
+/// row counts (the last row's windows end at the image's end), and very tall images.
+#[test]
+fn the_simd_resize_is_the_plain_one() {
+    let cases = [
+        ((640, 427), (224, 224)),
+        ((640, 427), (341, 256)),
+        ((427, 640), (224, 224)),
+        ((4000, 7), (256, 3)),
+        ((224, 9), (640, 13)),
+        ((5, 3), (3, 2)),
+        ((3, 5), (7, 5)),
+        ((97, 1), (13, 1)),
+        ((3, 400), (2, 3)),
+    ];
+    for filter in Filter::ALL {
+        for ((width, height), (out_width, out_height)) in cases {
+            let src = noisy(width, height);
+            let crops = [
+                (0..out_width, 0..out_height),
+                (
+                    out_width / 3..out_width - out_width / 4,
+                    out_height / 2..out_height,
+                ),
+            ];
+            for (cols, rows) in crops
+                .into_iter()
+                .filter(|(c, r)| !c.is_empty() && !r.is_empty())
+            {
+                let size = ((width, height), (out_width, out_height));
+                let simd = resize_rgb8(&src, size.0, size.1, cols.clone(), rows.clone(), filter);
+                let plain = resize_rgb8_without_simd(&src, size.0, size.1, cols, rows, filter);
+                assert!(simd == plain, "{filter}: {size:?}");
             }
         }
     }
