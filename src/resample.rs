@@ -8,6 +8,7 @@
 //! off on about one pixel in seven, which moves a model's logits by a tenth; here the pixels are
 //! the recipe's, also where the horizontal pass runs in AVX2 (its sums are the same integers).
 
+use std::cell::Cell;
 use std::f64::consts::PI;
 use std::ops::Range;
 use std::str::FromStr;
@@ -277,28 +278,26 @@ pub fn resize_rgb8(
     // The passes multiply 32-bit integers, which x86-64's baseline (SSE2) cannot do in vector
     // registers; AVX2 can, where the CPU has it.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if SIMD.with(Cell::get) && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
         return unsafe { resize_avx2(src, width_height, out_size, cols, rows, filter) };
     }
     resize(src, width_height, out_size, cols, rows, filter, false)
 }
 
-/// [`resize_rgb8`] in plain Rust whatever the CPU has: the same pixels, which the tests check
-/// the SIMD passes against.
+thread_local! {
+    /// Whether [`resize_rgb8`] may use the CPU's SIMD passes on this thread.
+    static SIMD: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with [`resize_rgb8`] in plain Rust on this thread whatever the CPU has: the same
+/// pixels, which the tests check the SIMD passes against.
 #[doc(hidden)]
-pub fn resize_rgb8_without_simd(
-    src: &[u8],
-    width_height: (usize, usize),
-    out_size: (usize, usize),
-    cols: Range<usize>,
-    rows: Range<usize>,
-    filter: Filter,
-) -> Vec<u8> {
-    if filter == Filter::Nearest {
-        return nearest(src, width_height, out_size, cols, rows);
-    }
-    resize(src, width_height, out_size, cols, rows, filter, false)
+pub fn without_simd<T>(f: impl FnOnce() -> T) -> T {
+    let before = SIMD.with(|simd| simd.replace(false));
+    let result = f();
+    SIMD.with(|simd| simd.set(before));
+    result
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -3,7 +3,7 @@
 //! resize against a plain full resize followed by a crop. (Pillow itself is the reference of
 //! the Python parity tests.)
 
-use _core::resample::{resize_rgb8, resize_rgb8_without_simd, Filter};
+use _core::resample::{resize_rgb8, without_simd, Filter};
 use _core::transform::{center_offset, resized_size, PreprocessSpec, Resize};
 use image::{Rgb, RgbImage};
 
@@ -345,7 +345,7 @@ fn the_simd_resize_is_the_plain_one() {
             {
                 let size = ((width, height), (out_width, out_height));
                 let simd = resize_rgb8(&src, size.0, size.1, cols.clone(), rows.clone(), filter);
-                let plain = resize_rgb8_without_simd(&src, size.0, size.1, cols, rows, filter);
+                let plain = without_simd(|| resize_rgb8(&src, size.0, size.1, cols, rows, filter));
                 assert!(simd == plain, "{filter}: {size:?}");
             }
         }
