@@ -284,6 +284,65 @@ def test_a_prefix_in_the_store_with_the_environment_and_no_failure(
     assert {r["image"]: r["top_k"][0]["index"] for r in predictions} == expected_top1(demo_top1)
 
 
+JOB_SERVER_JAR = Path(
+    os.environ.get(
+        "FLINK_JOB_SERVER_JAR", ROOT / "build" / "flink-job-server" / "beam-flink-job-server.jar"
+    )
+)
+
+
+def test_the_job_server_stages_the_artifacts_in_the_store(
+    store: services.ObjectStore,
+    demo_top1: dict[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job server whose artifacts folder is a bucket writes each job's artifacts there with
+    Beam's Java S3 filesystem, which reaches the store through the environment alone (its
+    driver takes no filesystem options), and the job runs on them."""
+    client = store.client()
+    client.create_bucket(Bucket="staging")
+    conf = services.flink_conf_dir(ROOT / "data" / "flink-conf.yaml", tmp_path / "conf", None)
+    server = services.JobServer(
+        JOB_SERVER_JAR,
+        tmp_path / "job-server",
+        flink_conf_dir=conf,
+        artifacts_dir="s3://staging/beam-artifacts",
+        keep_artifacts=True,
+    )
+    # The job server's environment is this process's: the store's, and nothing else of AWS.
+    for name in os.environ:
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in store.client_environment.items():
+        monkeypatch.setenv(name, value)
+    with server:
+        run = classify(
+            "--input=s3://images/photos/",
+            f"--output={tmp_path / 'results'}",
+            f"--model_path={MODEL_URI}",
+            *RECIPE,
+            "--runner=PortableRunner",
+            f"--job_endpoint={server.endpoint}",
+            "--environment_type=LOOPBACK",
+            env=dict(os.environ),
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    predictions = [
+        json.loads(line)
+        for path in sorted(tmp_path.glob("results-*-of-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert {r["image"]: r["top_k"][0]["index"] for r in predictions} == expected_top1(demo_top1)
+    # One folder for the job, holding what the client staged: at least Beam's list of the
+    # submitting environment's packages, which names Beam itself; nothing on the local disk.
+    staged = objects(store, "staging", "beam-artifacts/")
+    assert len({uri.split("/")[4] for uri in staged}) == 1, list(staged)
+    listed = [data for uri, data in staged.items() if uri.endswith("environment_dependencies.txt")]
+    assert listed and b"apache-beam" in listed[0], list(staged)
+    assert not (tmp_path / "job-server" / "artifacts").exists()
+
+
 def test_tar_and_parquet_shards_in_the_store(store: services.ObjectStore, tmp_path: Path) -> None:
     shards = make_shards(tmp_path / "shards", samples=8, shards=2)
     client = store.client()

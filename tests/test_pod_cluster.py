@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -375,6 +376,50 @@ def test_photos_and_hostile_inputs_from_the_store_give_the_direct_runners_answer
         for path in (ROOT, Path("/", ROOT.parts[1])):
             seen = subprocess.run(["podman", "exec", container, "test", "-e", str(path)])
             assert seen.returncode == 1, f"{path} is visible in {container}"
+
+
+@pytest.mark.slow
+@needs_cluster
+@needs_store_cluster
+def test_a_pipelines_staged_files_reach_the_workers_through_the_store(
+    store_cluster: PodFlinkCluster, tmp_path: Path
+) -> None:
+    """The job server stages a job's artifacts in the store (s3://BUCKET/beam-artifacts) and
+    each TaskManager serves them to its workers from there: a file staged with
+    `--files_to_stage` is read back in the workers. In the job server's own folder, the
+    TaskManagers (other machines) would not find it and the workers would get an empty file."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    assert store_cluster.artifacts_dir == f"s3://{BUCKET}/beam-artifacts"
+    token = secrets.token_hex(8)
+    staged = tmp_path / f"staged-{token}.txt"
+    staged.write_text(token)
+
+    def read_staged(x: int, name: str = staged.name) -> str:
+        folder = os.environ.get("SEMI_PERSISTENT_DIRECTORY", "/tmp")
+        with open(os.path.join(folder, "staged", name)) as f:
+            return f"{f.read()}-{x}"
+
+    options = PipelineOptions(
+        [
+            "--runner=PortableRunner",
+            f"--job_endpoint={store_cluster.job_endpoint}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={store_cluster.worker_pool_address}",
+            f"--parallelism={store_cluster.parallelism}",
+            f"--files_to_stage={staged}",
+        ]
+    )
+    pipeline = beam.Pipeline(options=options)
+    read = pipeline | beam.Create(range(20)) | beam.Map(read_staged)
+    assert_that(read, equal_to([f"{token}-{x}" for x in range(20)]))
+    assert pipeline.run().wait_until_finish(duration=300_000) == "DONE"
+    for index in range(TASKMANAGERS):
+        container = f"{store_cluster.taskmanager_pod(index)}-taskmanager"
+        log = store_cluster.logs(container, lines=100_000)
+        assert "FileNotFoundException" not in log, container
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ FROM ${JAVA_IMAGE}
 WORKDIR /opt/s3proxy
 COPY lib lib
 COPY s3proxy.jar s3proxy.jar
-# The properties file is written at start, so that no key is kept in the image; the log is
+# The properties file is written at start, so that no key is kept in the image; unknown headers
+# are ignored (Beam's Java S3 filesystem sends a bucket-key header on every upload); the log is
 # S3Proxy's requests and errors (logback logs everything at DEBUG without a configuration).
 RUN mkdir -p /data \
     && printf '%s\n' \
@@ -21,6 +22,7 @@ RUN mkdir -p /data \
         's3proxy.authorization=aws-v2-or-v4' \
         's3proxy.identity=${S3PROXY_IDENTITY}' \
         's3proxy.credential=${S3PROXY_CREDENTIAL}' \
+        's3proxy.ignore-unknown-headers=true' \
         'jclouds.provider=filesystem-nio2' \
         'jclouds.filesystem.basedir=/data' \
         'jclouds.identity=local' \

@@ -103,7 +103,7 @@ def argument_parser() -> argparse.ArgumentParser:
         help="start an S3-compatible object store (S3Proxy, make s3proxy) from JAR on port 9000, "
         "its objects under the work dir; what S3 clients and Beam's S3 filesystem need to reach "
         "it (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
-        "AWS_DEFAULT_REGION) is exported to the command",
+        "AWS_DEFAULT_REGION, AWS_REGION) is exported to the command",
     )
     parser.add_argument(
         "--gcs-store",
@@ -156,9 +156,18 @@ def argument_parser() -> argparse.ArgumentParser:
         "--object-store-image",
         metavar="IMAGE",
         help="with --pod-cluster: an S3-compatible object store in a container of IMAGE (make "
-        "docker-object-store) on the cluster's network, published on port 9000; the workers get "
-        "its in-cluster endpoint and the command what it needs to reach it from here "
-        "(AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)",
+        "docker-object-store) on the cluster's network, published on port 9000; the workers, "
+        "the TaskManagers and the job server get its in-cluster endpoint and the command what it "
+        "needs to reach it from here (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_REGION)",
+    )
+    parser.add_argument(
+        "--artifacts-dir",
+        metavar="URI",
+        help="where the job server (--job-server or --job-server-image) stages the jobs' "
+        "artifacts, which every TaskManager must read: a folder, or a bucket's URI (s3://, gs://). "
+        "Default: a folder under the work dir, or with --object-store-image "
+        "s3://<first bucket>/beam-artifacts",
     )
     parser.add_argument(
         "--work-dir", default="build/flink", help="logs, pid files, staged artifacts"
@@ -183,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--buckets are created in the store that --object-store, --object-store-image or "
             "--gcs-store starts: give one"
+        )
+    if args.artifacts_dir and not (args.job_server or args.job_server_image):
+        parser.error(
+            "--artifacts-dir is where the job server stages the artifacts: give --job-server "
+            "or --job-server-image"
         )
     if args.gcs_store_port != GCS_STORE_PORT and not args.gcs_store:
         parser.error("--gcs-store-port is the port of the store that --gcs-store starts: give it")
@@ -260,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     worker_image=args.worker_image,
                     job_server_image=args.job_server_image,
+                    artifacts_dir=args.artifacts_dir,
                     object_store_image=args.object_store_image,
                     buckets=[b for b in args.buckets.split(",") if b],
                 )
@@ -318,7 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.flink_master:
                 env["FLINK_MASTER"] = args.flink_master
             if args.job_server:
-                server = JobServer(args.job_server, work_dir / "job-server", master, conf_dir)
+                server = JobServer(
+                    args.job_server,
+                    work_dir / "job-server",
+                    master,
+                    conf_dir,
+                    artifacts_dir=args.artifacts_dir,
+                )
                 services.enter_context(server)
                 print(f"Flink job server up on {server.endpoint}", file=sys.stderr, flush=True)
             if args.worker_pool and not args.cluster:

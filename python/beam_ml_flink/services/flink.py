@@ -390,7 +390,10 @@ class LocalFlinkCluster(Service):
 
 class JobServer(ProcessService):
     """Beam's Flink job server (`java -jar jar`) on the job, artifact and expansion ports. Its
-    Flink is `flink_master`: "[local]" for the one embedded in it, or a cluster's "host:port"."""
+    Flink is `flink_master`: "[local]" for the one embedded in it, or a cluster's "host:port".
+    It stages the jobs' artifacts under `artifacts_dir` (a folder or a bucket's URI, which it
+    reaches with the credentials and endpoint in its environment), by default under `work_dir`,
+    and removes each job's when the job ends unless `keep_artifacts`."""
 
     def __init__(
         self,
@@ -401,9 +404,13 @@ class JobServer(ProcessService):
         job_port: int = JOB_PORT,
         artifact_port: int = ARTIFACT_PORT,
         expansion_port: int = EXPANSION_PORT,
+        artifacts_dir: str | None = None,
+        keep_artifacts: bool = False,
     ):
         self.jar = Path(jar)
         self.work_dir = Path(work_dir)
+        self.artifacts_dir = artifacts_dir or str(self.work_dir / "artifacts")
+        self.keep_artifacts = keep_artifacts
         self.flink_master = flink_master
         self.flink_conf_dir = flink_conf_dir
         self.ports = (job_port, artifact_port, expansion_port)
@@ -435,8 +442,10 @@ class JobServer(ProcessService):
             "--expansion-port",
             str(expansion_port),
             "--artifacts-dir",
-            str(self.work_dir / "artifacts"),
+            self.artifacts_dir,
         ]
+        if self.keep_artifacts:
+            argv.append("--clean-artifacts-per-job=false")
         env = dict(os.environ)
         if self.flink_conf_dir is not None:
             argv += ["--flink-conf-dir", str(self.flink_conf_dir)]

@@ -111,12 +111,15 @@ def create_buckets(client: Any, endpoint: str, buckets: Sequence[str]) -> None:
 
 def client_environment(endpoint: str, access_key: str, secret_key: str) -> dict[str, str]:
     """What a process needs in its environment to reach the store at `endpoint` through boto3 and
-    Beam's S3 filesystem without any flag: the endpoint, the identity and a region."""
+    Beam's S3 filesystems (Python's, and Java's in a job server or TaskManager) without any flag:
+    the endpoint, the identity and a region (boto3 reads AWS_DEFAULT_REGION, the Java SDK
+    AWS_REGION)."""
     return {
         "AWS_ENDPOINT_URL_S3": endpoint,
         "AWS_ACCESS_KEY_ID": access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key,
         "AWS_DEFAULT_REGION": OBJECT_STORE_REGION,
+        "AWS_REGION": OBJECT_STORE_REGION,
     }
 
 
@@ -164,6 +167,10 @@ class ObjectStore(ProcessService):
             "s3proxy.authorization": "aws-v2-or-v4",
             "s3proxy.identity": self.access_key,
             "s3proxy.credential": self.secret_key,
+            # Beam's Java S3 filesystem sends every upload's bucket-key setting, false too
+            # (x-amz-server-side-encryption-bucket-key-enabled), which S3Proxy would refuse
+            # with 501 Not Implemented.
+            "s3proxy.ignore-unknown-headers": "true",
             "jclouds.provider": "filesystem-nio2",
             "jclouds.filesystem.basedir": str(data),
             # filesystem-nio2 asks for an identity of its own, which it does not check.

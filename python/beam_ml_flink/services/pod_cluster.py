@@ -54,6 +54,9 @@ JOB_SERVER_HOST = "job-server"
 # The object store's name and port on the cluster's network: the endpoint the SDK workers use.
 OBJECT_STORE_HOST = "object-store"
 OBJECT_STORE_CONTAINER_PORT = 9000
+# With an object store and a bucket, the job server stages the jobs' artifacts under this prefix
+# of the first bucket, where every TaskManager reads them (docs/runners.md).
+ARTIFACTS_PREFIX = "beam-artifacts"
 PODMAN_TIMEOUT_S = 120.0
 
 
@@ -143,7 +146,11 @@ class PodFlinkCluster(Service):
     With `object_store_image` (S3Proxy, data/container/s3proxy.Dockerfile) an S3-compatible store
     runs on the network too, as `object-store:9000`, published at 127.0.0.1:`object_store_port`,
     `buckets` created; the worker pool sidecars get its in-cluster endpoint and keys in their
-    environment, and :attr:`client_environment` is what a client on this machine needs."""
+    environment, and :attr:`client_environment` is what a client on this machine needs. The job
+    server and the TaskManagers get them too (:attr:`java_environment`), and the job server
+    stages the jobs' artifacts in the store, `s3://<first bucket>/beam-artifacts` unless
+    `artifacts_dir` says otherwise: no TaskManager could read them from the job server's own
+    disk."""
 
     def __init__(
         self,
@@ -175,6 +182,8 @@ class PodFlinkCluster(Service):
         self.worker_image = worker_image
         self.job_server_image = job_server_image
         self.job_server_ports = job_server_ports
+        if artifacts_dir is None and object_store_image and buckets and job_server_image:
+            artifacts_dir = f"s3://{buckets[0]}/{ARTIFACTS_PREFIX}"
         self.artifacts_dir = artifacts_dir
         self.job_server = f"{self.name}-job-server"
         self.object_store_image = object_store_image
@@ -183,6 +192,7 @@ class PodFlinkCluster(Service):
         self.access_key = access_key
         self.secret_key = secret_key
         self.object_store = f"{self.name}-object-store"
+        self._object_store_ip: str | None = None
         self._started = False
         self._previous_sigterm: Any = None
 
@@ -217,6 +227,18 @@ class PodFlinkCluster(Service):
         """With an object store: the same as the SDK workers in the pods see it, at its name on
         the cluster's network."""
         endpoint = f"http://{OBJECT_STORE_HOST}:{OBJECT_STORE_CONTAINER_PORT}"
+        return client_environment(endpoint, self.access_key, self.secret_key)
+
+    @property
+    def java_environment(self) -> dict[str, str]:
+        """With an object store: the same for the job server and the TaskManagers, whose S3
+        filesystem (Beam's Java one, AWS SDK 2.30) reads the endpoint from AWS_ENDPOINT_URL_S3.
+        The endpoint is the store's address on the cluster's network, not its name: the Java SDK
+        sends a request for a bucket to the host `<bucket>.<endpoint's host>` unless that host is
+        an IP address, and only the store's name is in the network's DNS."""
+        if not self._object_store_ip:
+            return {}
+        endpoint = f"http://{self._object_store_ip}:{OBJECT_STORE_CONTAINER_PORT}"
         return client_environment(endpoint, self.access_key, self.secret_key)
 
     @property
@@ -292,6 +314,10 @@ class PodFlinkCluster(Service):
             self.object_store_image or "",
             env=keys,
         )  # fmt: skip
+        address = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        self._object_store_ip = _podman(
+            "inspect", "--format", address, self.object_store
+        ).stdout.strip()
 
     def _wait_for_object_store(self) -> None:
         wait_until_answers(
@@ -329,10 +355,13 @@ class PodFlinkCluster(Service):
             for port in self.job_server_ports
             for arg in ("--publish", f"127.0.0.1:{port}:{port}")
         ]
+        store = self.java_environment
         _podman(
             "run", "--detach", "--name", self.job_server, *self._label(),
             "--network", self.network, "--network-alias", JOB_SERVER_HOST, *publish,
+            *(arg for name in store for arg in ("--env", name)),
             self.job_server_image or "", *args,
+            env=store,
         )  # fmt: skip
 
     def _wait_for_job_server(self) -> None:
@@ -359,10 +388,14 @@ class PodFlinkCluster(Service):
             "--network-alias", pod, "--hostname", pod,
         )  # fmt: skip
         # The address the TaskManager gives the JobManager: the distribution's says localhost.
+        # The store's endpoint and keys: a TaskManager reads the staged artifacts from there.
+        java = self.java_environment
         _podman(
             "run", "--detach", "--pod", pod, "--name", f"{pod}-taskmanager", *self._label(),
+            *(arg for name in java for arg in ("--env", name)),
             self.image, "bin/taskmanager.sh", "start-foreground",
             *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": pod}),
+            env=java,
         )  # fmt: skip
         if self.worker_image:
             store = self.worker_environment if self.object_store_image else {}
