@@ -342,6 +342,10 @@ DOCKER_ENGINE = $(shell timeout 10 docker info >/dev/null 2>&1 && echo yes)
 ENGINE_DIR := build/container-engine
 CONTAINERS_CONF := $(abspath $(ENGINE_DIR)/containers.conf)
 WITH_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(CONTAINERS_CONF))
+# Images are built (and the cluster in containers run) with the engine's plain settings: the
+# mount of this folder that WITH_ENGINE adds would leave its mount point, an empty folder named
+# like this one, in every image layer that a RUN made, and in every image built on it.
+PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(abspath data/container/containers.conf))
 LOCAL_IMAGE := localhost/beam-ml-flink/cpu:$(IMAGE_BEAM_VERSION)
 # Base images made here when Docker Hub is out of reach: Debian by debootstrap (trusting the
 # certificate authorities this machine adds to Debian's, as pip here does), Beam's SDK harness
@@ -364,14 +368,14 @@ container-engine: ## Use the Docker engine that answers, or install and configur
 
 .PHONY: container-debian
 container-debian: container-engine ## Make the Debian base image by debootstrap, once
-	@$(WITH_ENGINE) podman image exists $(DEBIAN_IMAGE) || { \
+	@$(PLAIN_ENGINE) podman image exists $(DEBIAN_IMAGE) || { \
 		rm -rf $(ENGINE_DIR)/rootfs; \
 		debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
 			$(ENGINE_DIR)/rootfs http://deb.debian.org/debian >$(ENGINE_DIR)/debootstrap.log; \
 		cp /usr/local/share/ca-certificates/*.crt $(ENGINE_DIR)/rootfs/usr/local/share/ca-certificates/ 2>/dev/null || true; \
 		chroot $(ENGINE_DIR)/rootfs update-ca-certificates >/dev/null; \
 		printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > $(ENGINE_DIR)/rootfs/etc/pip.conf; \
-		tar -C $(ENGINE_DIR)/rootfs -c . | $(WITH_ENGINE) podman import - $(DEBIAN_IMAGE); \
+		tar -C $(ENGINE_DIR)/rootfs -c . | $(PLAIN_ENGINE) podman import - $(DEBIAN_IMAGE); \
 		rm -rf $(ENGINE_DIR)/rootfs; }
 
 # The builder of the wheel users install: Debian bullseye (glibc 2.31) with its compilers, cmake
@@ -389,24 +393,21 @@ container-wheel-builder: container-engine ## Make the bullseye image that builds
 
 .PHONY: container-bases
 container-bases: container-debian ## Make the base images without Docker Hub (debootstrap, go install), once
-	@$(WITH_ENGINE) podman image exists $(SDK_BASE_IMAGE) || { \
+	@$(PLAIN_ENGINE) podman image exists $(SDK_BASE_IMAGE) || { \
 		mkdir -p $(ENGINE_DIR)/sdk; \
 		GOBIN=$(abspath $(ENGINE_DIR)/sdk) go install github.com/apache/beam/sdks/v2/python/container@v$(IMAGE_BEAM_VERSION); \
 		mv $(ENGINE_DIR)/sdk/container $(ENGINE_DIR)/sdk/boot; \
-		$(WITH_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+		$(PLAIN_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
 			--build-arg BEAM_VERSION=$(IMAGE_BEAM_VERSION) -f data/container/sdk-base.Dockerfile \
 			--tag $(SDK_BASE_IMAGE) $(ENGINE_DIR)/sdk; }
-	@$(WITH_ENGINE) podman image exists $(BUILDER_BASE_IMAGE) || \
-		$(WITH_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
+	@$(PLAIN_ENGINE) podman image exists $(BUILDER_BASE_IMAGE) || \
+		$(PLAIN_ENGINE) podman build --network host --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) \
 			-f data/container/builder-base.Dockerfile --tag $(BUILDER_BASE_IMAGE) data/container
 
 # Flink and Beam's job server in containers, for a cluster whose machines share nothing (make
 # test-cluster): both on a Java base made here from the Debian one, Flink from the distribution in
 # build/ (make flink), the job server as make flink-job-server assembles it. Rebuilt when the
 # Dockerfile or what it copies changes (podman's layer cache), the Java base once.
-# Built and run with the engine's plain settings: the mount of this folder that WITH_ENGINE adds
-# would also leave its mount point in every image layer that a RUN made.
-PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(abspath data/container/containers.conf))
 JAVA_IMAGE := localhost/beam-ml-flink/java:17
 FLINK_IMAGE := localhost/beam-ml-flink/flink:$(FLINK_VERSION)
 JOB_SERVER_IMAGE := localhost/beam-ml-flink/flink-job-server:flink-$(FLINK_MINOR)

@@ -343,6 +343,42 @@ def test_the_job_server_stages_the_artifacts_in_the_store(
     assert not (tmp_path / "job-server" / "artifacts").exists()
 
 
+def test_a_job_server_that_cannot_stage_the_artifacts_is_a_sentence(
+    store: services.ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its artifacts folder a bucket that does not exist: the job server refuses the job's
+    artifacts with a bare gRPC status, and the command says what that means."""
+    conf = services.flink_conf_dir(ROOT / "data" / "flink-conf.yaml", tmp_path / "conf", None)
+    server = services.JobServer(
+        JOB_SERVER_JAR,
+        tmp_path / "job-server",
+        flink_conf_dir=conf,
+        artifacts_dir="s3://no-such-bucket/beam-artifacts",
+    )
+    for name, value in store.client_environment.items():
+        monkeypatch.setenv(name, value)
+    with server:
+        run = classify(
+            "--input=s3://images/photos/",
+            f"--output={tmp_path / 'results'}",
+            f"--model_path={MODEL_URI}",
+            *RECIPE,
+            "--runner=PortableRunner",
+            f"--job_endpoint={server.endpoint}",
+            "--environment_type=LOOPBACK",
+            env=dict(os.environ),
+        )
+        log = (tmp_path / "job-server" / "job-server.log").read_text()
+    assert run.returncode == 1, run.stderr[-3000:]
+    sentence = (
+        f"python -m beam_ml_flink: error: the job server at {server.endpoint} could not stage the "
+        "job's artifacts ("
+    )
+    said = [line for line in run.stderr.splitlines() if line.startswith(sentence)]
+    assert len(said) == 1 and "--artifacts-dir" in said[0], run.stderr[-3000:]
+    assert "NoSuchBucket" in log or "does not exist" in log
+
+
 def test_tar_and_parquet_shards_in_the_store(store: services.ObjectStore, tmp_path: Path) -> None:
     shards = make_shards(tmp_path / "shards", samples=8, shards=2)
     client = store.client()

@@ -573,7 +573,19 @@ def _run_and_wait(
         )
     else:
         write_results(classified, args.output, args.output_format, args.output_kind)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except Exception as e:
+        if not _refused_artifacts(e):
+            raise
+        endpoint = options.view_as(PortableOptions).job_endpoint
+        sys.stderr.write(
+            f"python -m beam_ml_flink: error: the job server at {endpoint} could not stage the "
+            f"job's artifacts ({_rpc_details(e)}). It writes them under its --artifacts-dir, "
+            "which must be a folder or bucket it can write and every TaskManager can read; its "
+            "log says what failed\n"
+        )
+        sys.exit(1)
     if reporter is not None:
         reporter.result = result
     if args.input_topic:
@@ -598,6 +610,24 @@ def classify_messages(pipeline: beam.Pipeline, args: argparse.Namespace) -> Clas
     if not args.output_topic:
         messages = messages | "Windows" >> beam.WindowInto(window.FixedWindows(args.window_size))
     return messages | "ClassifyMessages" >> ClassifyMessages(handler_for(args), args.message_format)
+
+
+def _refused_artifacts(error: BaseException) -> bool:
+    """Whether `error` is a job server's refusal of the job's artifacts (Beam's client offers
+    them in `offer_artifacts` and gets only a gRPC status back, often without details)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "offer_artifacts":
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def _rpc_details(error: BaseException) -> str:
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    said = [str(f()) for f in (code, details) if callable(f) and f()]
+    return ": ".join(said) or str(error)
 
 
 def flink_master(options: PipelineOptions) -> str | None:
