@@ -468,7 +468,8 @@ create-flink-cluster: ## Create the Dataproc cluster with the Flink and Docker c
 run-portable-flink-cluster: $(if $(DRY_RUN),,init $(JOB_SERVER_JAR)) ## Classify CLUSTER_INPUT on the Dataproc cluster's Flink with the SDK image
 	$(DO) $(GCLOUD_SSH) -- -f -N -o ExitOnForwardFailure=yes $(TUNNEL)
 	$(DO) $(SERVICES) --flink-conf data/flink-conf.yaml --flink-master localhost:$(FLINK_TUNNEL_PORT) \
-		--job-server $(JOB_SERVER_JAR) -- $(PY) -m beam_ml_flink --input $(CLUSTER_INPUT) \
+		--job-server $(JOB_SERVER_JAR) --artifacts-dir $(CLUSTER_ARTIFACTS) -- \
+		$(PY) -m beam_ml_flink --input $(CLUSTER_INPUT) \
 		--output $(CLUSTER_OUTPUT) --model_path $(CLUSTER_MODEL) $(PORTABLE_RUNNER) \
 		--environment_type DOCKER --environment_config $(CPU_IMAGE_URI) $(ARGS) \
 		|| { status=$$?; pkill -f $(TUNNEL_PATTERN); exit $$status; }

@@ -36,6 +36,7 @@ SETTINGS = {
     "CLUSTER_INPUT": "gs://test-bucket/in/images.txt",
     "CLUSTER_OUTPUT": "gs://test-bucket/out/results",
     "CLUSTER_MODEL": "gs://test-bucket/models/model.pt",
+    "CLUSTER_ARTIFACTS": "gs://test-bucket/staging",
 }
 IMAGE_URI = "europe-west4-docker.pkg.dev/test-project/images/classifier:v7"
 
@@ -129,6 +130,8 @@ def test_run_portable_flink_cluster_tunnels_submits_and_closes_the_tunnel() -> N
     assert wrapper.flink_master == "localhost:28082" and not wrapper.cluster
     assert Path(ROOT / wrapper.job_server).name == "beam-flink-job-server.jar"
     assert (ROOT / wrapper.flink_conf).is_file()
+    # The job's artifacts go where the cluster's TaskManagers read them, not this machine's disk.
+    assert wrapper.artifacts_dir == "gs://test-bucket/staging"
 
     # The job: the CLI on the PortableRunner with the pushed image as its SDK workers.
     job = submit[split + 1 :]
@@ -175,6 +178,7 @@ def test_defaults_come_from_dot_env(target: str) -> None:
             "CLUSTER_INPUT",
             "CLUSTER_OUTPUT",
             "CLUSTER_MODEL",
+            "CLUSTER_ARTIFACTS",
             "IMAGE_NAME",
         ],
     }[target]
