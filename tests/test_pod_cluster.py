@@ -515,11 +515,23 @@ def test_a_killed_taskmanager_pod_is_replaced_and_every_sample_comes_out_once(
     finally:
         if job.poll() is None:
             job.kill()
-    assert returncode == 0, (tmp_path / "job.log").read_text()[-3000:]
+    jobs = [j for j in rest(store_cluster, "/jobs/overview")["jobs"] if j not in before]
+    if returncode != 0:
+        # What Flink saw, for the message: each new job's exception history.
+        for failed in jobs:
+            history = rest(store_cluster, f"/jobs/{failed['jid']}/exceptions")
+            entries = history.get("exceptionHistory", {}).get("entries", [])
+            with open(tmp_path / "job.log", "a") as log:
+                for entry in entries:
+                    log.write(f"\n{entry.get('taskName')} on {entry.get('location')}:\n")
+                    log.write(str(entry.get("stacktrace", ""))[:1500])
+        with open(tmp_path / "job.log", "a") as log:
+            log.write(f"\njobs: {jobs}\nthe job server's log ends with:\n")
+            log.write(store_cluster.logs(store_cluster.job_server, lines=40))
+    assert returncode == 0, (tmp_path / "job.log").read_text()[-6000:]
     predictions, failures = results(tmp_path)  # asserts that no sample came out twice
     assert failures == {}
     assert {image: top_k[0][0] for image, top_k in predictions.items()} == expected_shards
-    jobs = [j for j in rest(store_cluster, "/jobs/overview")["jobs"] if j not in before]
     (run,) = [j for j in jobs if j["state"] == "FINISHED"]
     exceptions = rest(store_cluster, f"/jobs/{run['jid']}/exceptions")
     assert exceptions.get("exceptionHistory", {}).get("entries"), "the job never restarted"

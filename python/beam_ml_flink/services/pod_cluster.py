@@ -193,6 +193,7 @@ class PodFlinkCluster(Service):
         self.secret_key = secret_key
         self.object_store = f"{self.name}-object-store"
         self._object_store_ip: str | None = None
+        self._starts = [0] * taskmanagers
         self._started = False
         self._previous_sigterm: Any = None
 
@@ -381,8 +382,15 @@ class PodFlinkCluster(Service):
 
     def start_taskmanager(self, index: int) -> None:
         """TaskManager `index` in a pod of its own, as on Kubernetes: the pod holds the network
-        namespace, which an SDK worker pool container beside it shares."""
+        namespace, which an SDK worker pool container beside it shares. Its Flink resource ID is
+        the pod's name; a TaskManager started again in place of one that died gets a new one
+        (`<pod>-<n>`), as a replacement pod on Kubernetes has a new name: under the same ID the
+        JobManager takes it for the old one reconnecting and keeps looking for the old one's
+        results there, and a batch job's restarts failed ("Connection for partition ... not
+        reachable") until they ran out."""
         pod = self.taskmanager_pod(index)
+        self._starts[index] += 1
+        resource_id = pod if self._starts[index] == 1 else f"{pod}-{self._starts[index]}"
         _podman(
             "pod", "create", "--name", pod, *self._label(), "--network", self.network,
             "--network-alias", pod, "--hostname", pod,
@@ -394,7 +402,7 @@ class PodFlinkCluster(Service):
             "run", "--detach", "--pod", pod, "--name", f"{pod}-taskmanager", *self._label(),
             *(arg for name in java for arg in ("--env", name)),
             self.image, "bin/taskmanager.sh", "start-foreground",
-            *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": pod}),
+            *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": resource_id}),
             env=java,
         )  # fmt: skip
         if self.worker_image:
