@@ -291,31 +291,30 @@ JOB_SERVER_JAR = Path(
 )
 
 
-def test_the_job_server_stages_the_artifacts_in_the_store(
+def job_through_a_job_server(
     store: services.ObjectStore,
-    demo_top1: dict[str, int],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A job server whose artifacts folder is a bucket writes each job's artifacts there with
-    Beam's Java S3 filesystem, which reaches the store through the environment alone (its
-    driver takes no filesystem options), and the job runs on them."""
-    client = store.client()
-    client.create_bucket(Bucket="staging")
-    conf = services.flink_conf_dir(ROOT / "data" / "flink-conf.yaml", tmp_path / "conf", None)
-    server = services.JobServer(
-        JOB_SERVER_JAR,
-        tmp_path / "job-server",
-        flink_conf_dir=conf,
-        artifacts_dir="s3://staging/beam-artifacts",
-        keep_artifacts=True,
-    )
-    # The job server's environment is this process's: the store's, and nothing else of AWS.
+    artifacts_dir: str,
+    keep_artifacts: bool = False,
+) -> tuple[subprocess.CompletedProcess, str, str]:
+    """The photos in the store classified through a job server (its embedded Flink, LOOPBACK
+    workers) that stages the job's artifacts under `artifacts_dir`; the job server's environment
+    is this process's, with the store's settings and nothing else of AWS. Returns the command's
+    run, the job server's endpoint and its log."""
     for name in os.environ:
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
     for name, value in store.client_environment.items():
         monkeypatch.setenv(name, value)
+    conf = services.flink_conf_dir(ROOT / "data" / "flink-conf.yaml", tmp_path / "conf", None)
+    server = services.JobServer(
+        JOB_SERVER_JAR,
+        tmp_path / "job-server",
+        flink_conf_dir=conf,
+        artifacts_dir=artifacts_dir,
+        keep_artifacts=keep_artifacts,
+    )
     with server:
         run = classify(
             "--input=s3://images/photos/",
@@ -327,6 +326,23 @@ def test_the_job_server_stages_the_artifacts_in_the_store(
             "--environment_type=LOOPBACK",
             env=dict(os.environ),
         )
+        log = (tmp_path / "job-server" / "job-server.log").read_text()
+    return run, server.endpoint, log
+
+
+def test_the_job_server_stages_the_artifacts_in_the_store(
+    store: services.ObjectStore,
+    demo_top1: dict[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job server whose artifacts folder is a bucket writes each job's artifacts there with
+    Beam's Java S3 filesystem, which reaches the store through the environment alone (its
+    driver takes no filesystem options), and the job runs on them."""
+    store.client().create_bucket(Bucket="staging")
+    run, _, _ = job_through_a_job_server(
+        store, tmp_path, monkeypatch, "s3://staging/beam-artifacts", keep_artifacts=True
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     predictions = [
         json.loads(line)
@@ -348,30 +364,12 @@ def test_a_job_server_that_cannot_stage_the_artifacts_is_a_sentence(
 ) -> None:
     """Its artifacts folder a bucket that does not exist: the job server refuses the job's
     artifacts with a bare gRPC status, and the command says what that means."""
-    conf = services.flink_conf_dir(ROOT / "data" / "flink-conf.yaml", tmp_path / "conf", None)
-    server = services.JobServer(
-        JOB_SERVER_JAR,
-        tmp_path / "job-server",
-        flink_conf_dir=conf,
-        artifacts_dir="s3://no-such-bucket/beam-artifacts",
+    run, endpoint, log = job_through_a_job_server(
+        store, tmp_path, monkeypatch, "s3://no-such-bucket/beam-artifacts"
     )
-    for name, value in store.client_environment.items():
-        monkeypatch.setenv(name, value)
-    with server:
-        run = classify(
-            "--input=s3://images/photos/",
-            f"--output={tmp_path / 'results'}",
-            f"--model_path={MODEL_URI}",
-            *RECIPE,
-            "--runner=PortableRunner",
-            f"--job_endpoint={server.endpoint}",
-            "--environment_type=LOOPBACK",
-            env=dict(os.environ),
-        )
-        log = (tmp_path / "job-server" / "job-server.log").read_text()
     assert run.returncode == 1, run.stderr[-3000:]
     sentence = (
-        f"python -m beam_ml_flink: error: the job server at {server.endpoint} could not stage the "
+        f"python -m beam_ml_flink: error: the job server at {endpoint} could not stage the "
         "job's artifacts ("
     )
     said = [line for line in run.stderr.splitlines() if line.startswith(sentence)]
