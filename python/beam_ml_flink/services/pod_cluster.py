@@ -130,6 +130,12 @@ def _podman(
     return result
 
 
+def _env_flags(env: Mapping[str, str]) -> list[str]:
+    """`podman run` flags that pass the variables of `env` by name: their values come from
+    podman's own environment (`_podman(env=...)`), so that no key is on a command line."""
+    return [arg for name in env for arg in ("--env", name)]
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -311,7 +317,7 @@ class PodFlinkCluster(Service):
             "run", "--detach", "--name", self.object_store, *self._label(),
             "--network", self.network, "--network-alias", OBJECT_STORE_HOST,
             "--publish", f"127.0.0.1:{self.object_store_port}:{OBJECT_STORE_CONTAINER_PORT}",
-            *(arg for name in keys for arg in ("--env", name)),
+            *_env_flags(keys),
             self.object_store_image or "",
             env=keys,
         )  # fmt: skip
@@ -360,7 +366,7 @@ class PodFlinkCluster(Service):
         _podman(
             "run", "--detach", "--name", self.job_server, *self._label(),
             "--network", self.network, "--network-alias", JOB_SERVER_HOST, *publish,
-            *(arg for name in store for arg in ("--env", name)),
+            *_env_flags(store),
             self.job_server_image or "", *args,
             env=store,
         )  # fmt: skip
@@ -395,12 +401,12 @@ class PodFlinkCluster(Service):
             "pod", "create", "--name", pod, *self._label(), "--network", self.network,
             "--network-alias", pod, "--hostname", pod,
         )  # fmt: skip
-        # The address the TaskManager gives the JobManager: the distribution's says localhost.
         # The store's endpoint and keys: a TaskManager reads the staged artifacts from there.
         java = self.java_environment
+        # The address the TaskManager gives the JobManager: the distribution's says localhost.
         _podman(
             "run", "--detach", "--pod", pod, "--name", f"{pod}-taskmanager", *self._label(),
-            *(arg for name in java for arg in ("--env", name)),
+            *_env_flags(java),
             self.image, "bin/taskmanager.sh", "start-foreground",
             *self._properties(**{"taskmanager.host": pod, "taskmanager.resource-id": resource_id}),
             env=java,
@@ -409,7 +415,7 @@ class PodFlinkCluster(Service):
             store = self.worker_environment if self.object_store_image else {}
             _podman(
                 "run", "--detach", "--pod", pod, "--name", f"{pod}-worker-pool", *self._label(),
-                *(arg for name in store for arg in ("--env", name)),
+                *_env_flags(store),
                 self.worker_image, *WORKER_POOL_ARGS,
                 env=store,
             )  # fmt: skip
