@@ -32,6 +32,9 @@ RUN maturin build --release --out /dist
 FROM ${SDK_IMAGE} AS cpu
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
+# torch in a layer of its own, before the wheel: a change to the sources rebuilds the wheel's
+# layer alone, not torch's gigabytes.
+RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
 COPY --from=builder /dist /tmp/dist
 # The extras: Beam's shard readers, and its S3 filesystem (boto3) for s3:// paths.
 RUN pip install --no-cache-dir --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \

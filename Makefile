@@ -341,11 +341,17 @@ TUNNEL_PATTERN = $(FLINK_TUNNEL_PORT):localhost:$(FLINK_REST_PORT)
 DOCKER_ENGINE = $(shell timeout 10 docker info >/dev/null 2>&1 && echo yes)
 ENGINE_DIR := build/container-engine
 CONTAINERS_CONF := $(abspath $(ENGINE_DIR)/containers.conf)
-WITH_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(CONTAINERS_CONF))
+# Root's podman keeps its images in /var/lib/containers, outside the home whose caches (pip, cargo,
+# Maven, Go) a CI keeps between runs: this project's images are kept in the home with them, in a
+# store of their own (CONTAINER_STORE; its run-time state under /run/beam-ml-flink).
+CONTAINER_STORE := $(HOME)/.cache/beam_ml_flink/containers
+STORAGE_CONF := $(abspath $(ENGINE_DIR)/storage.conf)
+ENGINE_STORE = $(if $(filter 0,$(shell id -u)),CONTAINERS_STORAGE_CONF=$(STORAGE_CONF))
+WITH_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(CONTAINERS_CONF) $(ENGINE_STORE))
 # Images are built (and the cluster in containers run) with the engine's plain settings: the
 # mount of this folder that WITH_ENGINE adds would leave its mount point, an empty folder named
 # like this one, in every image layer that a RUN made, and in every image built on it.
-PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(abspath data/container/containers.conf))
+PLAIN_ENGINE = $(if $(DOCKER_ENGINE),,PATH=$(abspath $(ENGINE_DIR)/bin):$$PATH CONTAINERS_CONF=$(abspath data/container/containers.conf) $(ENGINE_STORE))
 LOCAL_IMAGE := localhost/beam-ml-flink/cpu:$(IMAGE_BEAM_VERSION)
 # Base images made here when Docker Hub is out of reach: Debian by debootstrap (trusting the
 # certificate authorities this machine adds to Debian's, as pip here does), Beam's SDK harness
@@ -364,6 +370,8 @@ container-engine: ## Use the Docker engine that answers, or install and configur
 		mkdir -p $(ENGINE_DIR)/bin; \
 		cp data/container/docker $(ENGINE_DIR)/bin/docker; \
 		sed 's|^\[containers\]$$|[containers]\nvolumes = ["$(CURDIR):$(CURDIR)"]|' data/container/containers.conf > $(CONTAINERS_CONF); \
+		printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "/run/beam-ml-flink/storage"\n' \
+			$(CONTAINER_STORE) > $(STORAGE_CONF); \
 		echo "podman answers as docker (CONTAINERS_CONF=$(CONTAINERS_CONF))"; fi
 
 .PHONY: container-debian
@@ -456,13 +464,18 @@ push-docker-cpu: docker-cpu ## Push the CPU SDK worker image to IMAGE_REPOSITORY
 	$(DO) gcloud auth configure-docker $(firstword $(subst /, ,$(IMAGE_REPOSITORY))) --quiet
 	$(DO) docker push $(CPU_IMAGE_URI)
 
+# Each Beam job leaves its classes in the TaskManagers' metaspace (about 50 MB a job, measured in
+# the cluster in containers; apache/beam#25510): what deploy/kubernetes/flink-deployment.yaml gives.
+TASKMANAGER_METASPACE := 1g
+
 .PHONY: create-flink-cluster
 create-flink-cluster: ## Create the Dataproc cluster with the Flink and Docker components
 	$(DO) gcloud dataproc clusters create $(CLUSTER_NAME) --project=$(PROJECT_ID) --region=$(REGION) \
 		--zone=$(ZONE) --image-version=$(DATAPROC_IMAGE_VERSION) --optional-components=FLINK,DOCKER \
 		--enable-component-gateway --master-machine-type=$(MASTER_MACHINE_TYPE) \
 		--worker-machine-type=$(WORKER_MACHINE_TYPE) --num-workers=$(NUM_WORKERS) \
-		--worker-boot-disk-size=$(WORKER_BOOT_DISK_SIZE) --scopes=cloud-platform
+		--worker-boot-disk-size=$(WORKER_BOOT_DISK_SIZE) --scopes=cloud-platform \
+		--properties=flink:taskmanager.memory.jvm-metaspace.size=$(TASKMANAGER_METASPACE)
 
 .PHONY: run-portable-flink-cluster
 run-portable-flink-cluster: $(if $(DRY_RUN),,init $(JOB_SERVER_JAR)) ## Classify CLUSTER_INPUT on the Dataproc cluster's Flink with the SDK image
