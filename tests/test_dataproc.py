@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, PortableOption
 
 from beam_ml_flink import services
 from beam_ml_flink.options import ImageClassificationOptions
+from beam_ml_flink.services.pod_cluster import flink_deployment_properties
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,11 @@ def test_create_flink_cluster_has_every_setting() -> None:
         "num-workers": "5",
         "worker-boot-disk-size": "200GB",
         "scopes": "cloud-platform",
+        # The metaspace that the Kubernetes manifest gives its TaskManagers.
+        "properties": "flink:taskmanager.memory.jvm-metaspace.size="
+        + flink_deployment_properties(ROOT / "deploy" / "kubernetes" / "flink-deployment.yaml")[
+            "taskmanager.memory.jvm-metaspace.size"
+        ],
     }
     assert "--enable-component-gateway" in command
 

@@ -528,6 +528,10 @@ def test_a_killed_taskmanager_pod_is_replaced_and_every_sample_comes_out_once(
         with open(tmp_path / "job.log", "a") as log:
             log.write(f"\njobs: {jobs}\nthe job server's log ends with:\n")
             log.write(store_cluster.logs(store_cluster.job_server, lines=40))
+            # A TaskManager that died on its own (a metaspace exhausted, say) says why here.
+            for container in store_cluster.exited():
+                log.write(f"\n{container} exited; its log ends with:\n")
+                log.write(store_cluster.logs(container, lines=15))
     assert returncode == 0, (tmp_path / "job.log").read_text()[-6000:]
     predictions, failures = results(tmp_path)  # asserts that no sample came out twice
     assert failures == {}

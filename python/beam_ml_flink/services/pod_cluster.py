@@ -331,7 +331,7 @@ class PodFlinkCluster(Service):
             self.object_store_endpoint,
             self.access_key,
             self.secret_key,
-            lambda: self.object_store in self._exited(),
+            lambda: self.object_store in self.exited(),
             lambda: f"its log ({self.object_store}) ends with:\n{self.logs(self.object_store)}",
         )
         create_buckets(self.store_client(), self.object_store_endpoint, self.buckets)
@@ -340,7 +340,8 @@ class PodFlinkCluster(Service):
         """A boto3 S3 client of the cluster's object store, from this machine."""
         return s3_client(self.object_store_endpoint, self.access_key, self.secret_key)
 
-    def _exited(self) -> list[str]:
+    def exited(self) -> list[str]:
+        """The names of the cluster's containers that have exited."""
         return self._listed("ps", "--all", "--filter=status=exited", "--format={{.Names}}")
 
     def start_job_server(self) -> None:
@@ -378,7 +379,7 @@ class PodFlinkCluster(Service):
             if port_open(self.job_server_ports[0]):
                 return
             log = self.logs(self.job_server)
-            exited = self._exited()
+            exited = self.exited()
             if self.job_server in exited or time.monotonic() > started + START_TIMEOUT_S:
                 raise ServiceError(
                     f"Beam's job server {self.job_server} did not answer on {self.job_endpoint} "
@@ -476,7 +477,7 @@ class PodFlinkCluster(Service):
                     and overview.get("slots-available", 0) >= self.parallelism
                 ):
                     return
-            exited = self._exited()
+            exited = self.exited()
             if exited or time.monotonic() > started + START_TIMEOUT_S:
                 logs = "\n".join(f"--- {c}\n{self.logs(c)}" for c in self.containers())
                 what = f"{', '.join(exited)} exited" if exited else "it timed out"
