@@ -27,7 +27,7 @@ from test_flink import direct, inputs, results  # noqa: F401 (fixtures)
 
 from beam_ml_flink.messages import image_paths
 from beam_ml_flink.objects import object_key
-from beam_ml_flink.services import ARTIFACT_PORT, EXPANSION_PORT, JOB_PORT
+from beam_ml_flink.services import ARTIFACT_PORT, EXPANSION_PORT, JOB_PORT, ServiceError
 from beam_ml_flink.services.pod_cluster import (
     WORKER_POOL_ARGS,
     WORKER_POOL_CONTAINER_PORT,
@@ -90,6 +90,21 @@ def test_the_pods_are_the_kubernetes_manifests_pods() -> None:
         memory = properties[f"{role.lower()}.memory.process.size"]
         assert memory == spec[role]["resource"]["memory"]
     assert spec["flinkConfiguration"].items() <= properties.items()
+
+
+@needs_cluster
+def test_an_image_that_is_not_there_is_named_with_the_store_it_was_looked_for_in() -> None:
+    graph_root = subprocess.run(
+        ["podman", "info", "--format", "{{.Store.GraphRoot}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    cluster = PodFlinkCluster(FLINK_IMAGE, worker_image="localhost/beam-ml-flink/absent:0")
+    with pytest.raises(ServiceError) as raised:
+        cluster.start()
+    message = str(raised.value)
+    assert "there is no image localhost/beam-ml-flink/absent:0" in message
+    assert f"in podman's store {graph_root}" in message and "make docker-cpu" in message
+    assert cluster.containers() == [] and cluster.networks() == []
 
 
 def free_port() -> int:

@@ -102,6 +102,12 @@ def image_exists(image: str) -> bool:
     )
 
 
+def _graph_root() -> str:
+    """Where podman keeps its images, as it says."""
+    result = _podman("info", "--format", "{{.Store.GraphRoot}}", check=False)
+    return result.stdout.strip() or "(podman info did not say)"
+
+
 def _podman(
     *args: str, check: bool = True, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -283,7 +289,12 @@ class PodFlinkCluster(Service):
             (self.object_store_image, "docker-object-store"),
         ):
             if image and not image_exists(image):
-                raise ServiceError(f"there is no image {image}: `make {target}` builds it")
+                raise ServiceError(
+                    f"there is no image {image} in podman's store {_graph_root()}: "
+                    f"`make {target}` builds it (where podman runs as root, make keeps the "
+                    "images in ~/.cache/beam_ml_flink/containers: give podman "
+                    "CONTAINERS_STORAGE_CONF=build/container-engine/storage.conf to use them)"
+                )
         ports = [self.rest_port] + (list(self.job_server_ports) if self.job_server_image else [])
         ports += [self.object_store_port] if self.object_store_image else []
         check_ports_free(ports, "Flink cluster in containers")
