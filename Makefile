@@ -611,7 +611,7 @@ bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 Task
 	$(PLAIN_ENGINE) BMF_FLINK_IMAGE=$(FLINK_IMAGE) BMF_JOB_SERVER_IMAGE=$(JOB_SERVER_IMAGE) \
 		BMF_WORKER_IMAGE=$(LOCAL_IMAGE) BMF_OBJECT_STORE_IMAGE=$(OBJECT_STORE_IMAGE) \
 		$(PY) bench/bench_scale.py $(SCALE_ARGS) $$(for image in $(POD_IMAGES); do \
-			podman image exists $$image 2>/dev/null || exit; done; echo --pod_taskmanagers 2)
+			$(PLAIN_ENGINE) podman image exists $$image 2>/dev/null || exit; done; echo --pod_taskmanagers 2)
 
 .PHONY: bench-overlap
 bench-overlap: init ## After make bench: does decoding one part while another runs the model pay here?
