@@ -31,6 +31,7 @@ from test_shards import _reference_top1
 import beam_ml_flink as bmf
 from beam_ml_flink import services
 from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.pipeline import FAILURES, ReadImage
 from beam_ml_flink.progress import count_inputs
 from beam_ml_flink.services.process import port_open
 from beam_ml_flink.streaming import ModelWatch
@@ -426,6 +427,35 @@ def store_environment(
         monkeypatch.setenv(name, value)
     FileSystems.set_options(PipelineOptions([]))
     yield
+
+
+@pytest.mark.usefixtures("store_environment")
+def test_images_one_object_each_are_read_through_one_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Beam's S3 filesystem makes a client for every file it opens; the image reader makes one
+    for all the images of a worker. Each photo's bytes are as stored, and an object that is not
+    there is still its failure."""
+    from apache_beam.io.aws import s3io
+
+    made: list[object] = []
+    make = s3io.S3IO.__init__
+
+    def counted(self: s3io.S3IO, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        make(self, *args, **kwargs)
+
+    monkeypatch.setattr(s3io.S3IO, "__init__", counted)
+    read = ReadImage()
+    photos = sorted(IMAGES.iterdir())
+    for photo in photos:
+        assert list(read.process((photo.name, f"s3://images/photos/{photo.name}"))) == [
+            (photo.name, photo.read_bytes())
+        ]
+    (missing,) = read.process(("gone", MISSING))
+    assert missing.tag == FAILURES
+    assert missing.value == ("gone", f"{MISSING}: no such file; check the path")
+    assert len(made) == 1, f"{len(made)} S3 clients for {len(photos) + 1} objects"
 
 
 @pytest.mark.usefixtures("store_environment")
