@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 from apache_beam.io.filesystems import FileSystems
@@ -30,6 +29,7 @@ from test_shards import _reference_top1
 import beam_ml_flink as bmf
 from beam_ml_flink import services
 from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.parquet_reader import read_parquet
 from beam_ml_flink.progress import count_inputs
 from beam_ml_flink.services.process import port_open
 from beam_ml_flink.streaming import ModelWatch
@@ -263,7 +263,7 @@ def test_tar_and_parquet_shards_in_the_store_to_parquet_there(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     written = objects(store, "results", "shards/")
-    rows = {uri: pq.read_table(io.BytesIO(data)).to_pylist() for uri, data in written.items()}
+    rows = {uri: read_parquet(io.BytesIO(data)).to_pylist() for uri, data in written.items()}
     predictions = [r for uri, rs in rows.items() if "/r-" in uri for r in rs]
     failures = [r for uri, rs in rows.items() if "/r_failures-" in uri for r in rs]
     expected_ids = {i for i in shards.images if not i.startswith(("hostile/", "damaged"))}

@@ -64,6 +64,7 @@ from beam_ml_flink.options import (
     add_labels_flag,
     without_labels_flag,
 )
+from beam_ml_flink.parquet_reader import read_parquet
 from beam_ml_flink.pipeline import (
     FAILURES,
     ClassifiedImages,
@@ -801,9 +802,7 @@ def _records(path: str) -> Iterator[dict[str, Any] | str]:
     """An output file's records: Parquet rows as dicts, JSON lines parsed, csv lines as text."""
     with FileSystems.open(path) as f:
         if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            yield from pq.read_table(f).to_pylist()
+            yield from read_parquet(f).to_pylist()
             return
         for line in f.read().decode().splitlines():
             yield json.loads(line) if line.startswith("{") else line

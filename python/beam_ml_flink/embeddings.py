@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from beam_ml_flink._core import ImageClassifier
 from beam_ml_flink.beam import ImageClassifierHandler
+from beam_ml_flink.parquet_reader import read_parquet
 
 # What a run writes per image: its top classes, or its output vector.
 OUTPUT_KINDS = ("classes", "embeddings")
@@ -98,7 +99,7 @@ def write_npy_shards(output: str) -> list[str]:
     written = []
     for i, shard in enumerate(shards):
         with FileSystems.open(shard) as f:
-            table = pq.read_table(io.BytesIO(f.read()))
+            table = read_parquet(io.BytesIO(f.read()))
         column = table.column("embedding").combine_chunks()
         dim = len(column[0]) if len(column) else 0
         vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)

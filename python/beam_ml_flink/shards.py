@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.typehints.decorators import no_annotations
 from braceexpand import braceexpand
 
+from beam_ml_flink.parquet_reader import open_parquet
 from beam_ml_flink.pipeline import FAILURES, MAX_FILE_BYTES
 
 INPUT_FORMATS = ("auto", "list", "webdataset", "parquet")
@@ -272,12 +273,11 @@ class ReadShard(beam.DoFn):
 
     def _read_parquet(self, path: str, shard: str) -> Iterator[Any]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         count = 0
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                parquet = pq.ParquetFile(f)
+                parquet = open_parquet(f)
                 names = parquet.schema_arrow.names
                 if self._image_column not in names:
                     yield pvalue.TaggedOutput(
@@ -302,7 +302,9 @@ class ReadShard(beam.DoFn):
                     return
                 id_column = self._id_column if self._id_column in names else None
                 columns = [self._image_column] + ([id_column] if id_column else [])
-                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+                for batch in parquet.iter_batches(
+                    batch_size=PARQUET_BATCH_ROWS, columns=columns, use_threads=False
+                ):
                     images = batch.column(self._image_column).to_pylist()
                     ids = batch.column(id_column).to_pylist() if id_column else [None] * len(images)
                     for image, id in zip(images, ids, strict=True):
