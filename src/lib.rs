@@ -11,6 +11,7 @@ pub mod model;
 pub mod package;
 pub mod python;
 pub mod resample;
+pub mod schedule;
 pub mod torchscript;
 pub mod transform;
 
