@@ -3,13 +3,11 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::time::Instant;
 
 use crate::batch::{preprocess_batch, Batch};
 use crate::decode::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::model::{Device, Logits, Model, ModelOptions, Precision};
-use crate::schedule::{Schedule, Scheduler};
 use crate::transform::PreprocessSpec;
 
 /// One class of a prediction.
@@ -44,14 +42,6 @@ pub struct Classifier {
     labels: Option<Vec<String>>,
     num_classes: usize,
     forward_batch: Option<usize>,
-    scheduler: Scheduler,
-}
-
-/// A batch run through the model: the images that could not be preprocessed, and each forward
-/// pass's input indices with its output or its error.
-struct Passes {
-    failures: Vec<(usize, Error)>,
-    passes: Vec<(Vec<usize>, Result<Logits>)>,
 }
 
 impl Classifier {
@@ -113,20 +103,7 @@ impl Classifier {
             labels,
             num_classes,
             forward_batch,
-            scheduler: Scheduler::auto(),
         })
-    }
-
-    /// The same classifier with `scheduler` deciding how its batches' decoding and forward
-    /// passes share the cores (loaded: [`Scheduler::auto`]).
-    pub fn with_scheduler(mut self, scheduler: Scheduler) -> Self {
-        self.scheduler = scheduler;
-        self
-    }
-
-    /// How batches of more than one forward pass run, or `None` while the first are timed.
-    pub fn schedule(&self) -> Option<Schedule> {
-        self.scheduler.chosen()
     }
 
     /// The model.
@@ -183,21 +160,22 @@ impl Classifier {
     /// Top-k classes of every image that decodes; a bad image, or a failed forward pass, is a
     /// [`Outcome::Failed`] for the images concerned and never fails the call.
     pub fn classify<B: AsRef<[u8]> + Sync>(&self, images: &[B], top_k: usize) -> Vec<Outcome> {
-        let run = self.run(images);
+        let mut batch = self.preprocess(images);
         let mut outcomes = vec![Outcome::Failed(String::new()); images.len()];
-        for (index, error) in run.failures {
+        for (index, error) in batch.failures.drain(..) {
             outcomes[index] = Outcome::Failed(error.to_string());
         }
-        for (indices, logits) in run.passes {
+        for (part, logits) in self.forward_in_parts(&mut batch) {
+            let indices = &batch.ok[part];
             match logits {
                 Ok(logits) => {
-                    for (row, &index) in logits.data.chunks_exact(logits.classes).zip(&indices) {
+                    for (row, &index) in logits.data.chunks_exact(logits.classes).zip(indices) {
                         outcomes[index] = Outcome::Classified(top_classes(row, top_k));
                     }
                 }
                 Err(error) => {
                     let reason = error.to_string();
-                    for index in indices {
+                    for &index in indices {
                         outcomes[index] = Outcome::Failed(reason.clone());
                     }
                 }
@@ -212,17 +190,18 @@ impl Classifier {
     /// fails the call.
     pub fn embed<B: AsRef<[u8]> + Sync>(&self, images: &[B], normalize: bool) -> Embeddings {
         let dim = self.num_classes;
-        let run = self.run(images);
+        let mut batch = self.preprocess(images);
         let mut data = vec![f32::NAN; images.len() * dim];
-        let mut failures: Vec<(usize, String)> = run
+        let mut failures: Vec<(usize, String)> = batch
             .failures
-            .into_iter()
+            .drain(..)
             .map(|(index, error)| (index, error.to_string()))
             .collect();
-        for (indices, output) in run.passes {
+        for (part, output) in self.forward_in_parts(&mut batch) {
+            let indices = &batch.ok[part];
             match output {
                 Ok(output) => {
-                    for (row, &index) in output.data.chunks_exact(output.classes).zip(&indices) {
+                    for (row, &index) in output.data.chunks_exact(output.classes).zip(indices) {
                         let target = &mut data[index * dim..(index + 1) * dim];
                         target.copy_from_slice(row);
                         if normalize {
@@ -242,80 +221,6 @@ impl Classifier {
             dim,
             failures,
         }
-    }
-
-    /// Preprocesses `images` and runs them through the model in passes of at most
-    /// `forward_batch`, in turn or overlapped as the scheduler says; a call of one pass runs in
-    /// turn and is not timed.
-    fn run<B: AsRef<[u8]> + Sync>(&self, images: &[B]) -> Passes {
-        let size = match self.forward_batch {
-            Some(size) if images.len() > size => size,
-            _ => return self.in_turn(images),
-        };
-        let schedule = self.scheduler.next();
-        let start = Instant::now();
-        let run = match schedule {
-            Schedule::InTurn => self.in_turn(images),
-            Schedule::Overlapped => self.overlapped(images, size),
-        };
-        self.scheduler
-            .record(schedule, images.len(), start.elapsed());
-        run
-    }
-
-    /// Every image decoded (on every core), then the passes.
-    fn in_turn<B: AsRef<[u8]> + Sync>(&self, images: &[B]) -> Passes {
-        let mut batch = self.preprocess(images);
-        let failures = std::mem::take(&mut batch.failures);
-        let passes = self
-            .forward_in_parts(&mut batch)
-            .into_iter()
-            .map(|(part, output)| (batch.ok[part].to_vec(), output))
-            .collect();
-        Passes { failures, passes }
-    }
-
-    /// The images in parts of `size`: each part's forward pass runs on this thread while the
-    /// next part is decoded on rayon's pool.
-    fn overlapped<B: AsRef<[u8]> + Sync>(&self, images: &[B], size: usize) -> Passes {
-        let prepare = |part: usize| {
-            let mut batch =
-                self.preprocess(&images[part * size..images.len().min((part + 1) * size)]);
-            batch.ok.iter_mut().for_each(|index| *index += part * size);
-            batch
-                .failures
-                .iter_mut()
-                .for_each(|(index, _)| *index += part * size);
-            batch
-        };
-        let parts = images.len().div_ceil(size);
-        let mut run = Passes {
-            failures: Vec::new(),
-            passes: Vec::with_capacity(parts),
-        };
-        let mut current = Some(prepare(0));
-        for part in 0..parts {
-            let mut batch = current
-                .take()
-                .expect("each part is prepared before its pass");
-            let mut next = None;
-            let output = rayon::in_place_scope(|scope| {
-                if part + 1 < parts {
-                    scope.spawn(|_| next = Some(prepare(part + 1)));
-                }
-                let images = batch.ok.len();
-                (images > 0).then(|| {
-                    self.model
-                        .forward(&mut batch.data, images, batch.height, batch.width)
-                })
-            });
-            run.failures.append(&mut batch.failures);
-            if let Some(output) = output {
-                run.passes.push((batch.ok, output));
-            }
-            current = next;
-        }
-        run
     }
 
     /// Runs the preprocessed images through the model in passes of at most `forward_batch`;

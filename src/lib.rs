@@ -11,7 +11,6 @@ pub mod model;
 pub mod package;
 pub mod python;
 pub mod resample;
-pub mod schedule;
 pub mod torchscript;
 pub mod transform;
 

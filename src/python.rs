@@ -18,7 +18,6 @@ use crate::decode::{DecodeOptions, DEFAULT_MAX_PIXELS};
 use crate::error::Error as CoreError;
 use crate::model::{self, ModelOptions};
 use crate::resample::Filter;
-use crate::schedule::{Schedule, Scheduler};
 use crate::transform::{PreprocessSpec, Resize};
 
 create_exception!(
@@ -345,12 +344,11 @@ impl ImageClassifier {
         model_path, *, device = "cpu", resize = None, crop = None, mean = None, std = None,
         labels = None, max_pixels = DEFAULT_MAX_PIXELS, draft = false, optimize = true,
         forward_batch_size = None, precision = "fp32", interpolation = None, crop_pct = None,
-        preprocess_config = None, schedule = "auto"
+        preprocess_config = None
     ), text_signature = "(model_path, *, device='cpu', resize=None, crop=224, \
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), labels=None, \
         max_pixels=178956970, draft=False, optimize=True, forward_batch_size=None, \
-        precision='fp32', interpolation='bilinear', crop_pct=None, preprocess_config=None, \
-        schedule='auto')")]
+        precision='fp32', interpolation='bilinear', crop_pct=None, preprocess_config=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -369,9 +367,7 @@ impl ImageClassifier {
         interpolation: Option<Bound<'_, PyAny>>,
         crop_pct: Option<Bound<'_, PyAny>>,
         preprocess_config: Option<Bound<'_, PyAny>>,
-        schedule: &str,
     ) -> PyResult<Self> {
-        let scheduler: Scheduler = schedule.parse()?;
         let options = ModelOptions {
             device: device.parse()?,
             precision: precision.parse()?,
@@ -404,17 +400,8 @@ impl ImageClassifier {
                 labels,
                 forward_batch_size,
             )
-        })?
-        .with_scheduler(scheduler);
+        })?;
         Ok(Self { inner })
-    }
-
-    /// How batches of more than one forward pass run: 'in turn' (every image decoded, then
-    /// the passes), 'overlapped' (the next pass's images decoded while the model runs), or
-    /// None while a classifier made with schedule='auto' times its first batches both ways.
-    #[getter]
-    fn schedule(&self) -> Option<&'static str> {
-        self.inner.schedule().map(Schedule::name)
     }
 
     /// Logits `[N, num_classes]` of every image; a bad image raises DecodeError.

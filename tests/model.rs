@@ -8,7 +8,6 @@ use _core::batch::preprocess_batch;
 use _core::classify::{Classifier, Outcome};
 use _core::decode::DecodeOptions;
 use _core::model::{cuda_device_count, Device, Model, ModelOptions, Precision};
-use _core::schedule::{Schedule, Scheduler, TRIALS};
 use _core::torchscript::to_cuda_pinned;
 use _core::transform::{PreprocessSpec, Resize};
 use _core::Error;
@@ -189,121 +188,6 @@ fn forward_in_parts_answers_as_one_forward() {
     )
     .unwrap_err();
     assert!(zero.to_string().contains("at least 1"), "{zero}");
-}
-
-#[test]
-fn overlapped_passes_answer_as_passes_in_turn() {
-    let load = |schedule: &str| {
-        Classifier::load(
-            &tiny_model(),
-            ModelOptions::default(),
-            spec(),
-            DecodeOptions::default(),
-            None,
-            Some(3),
-        )
-        .unwrap()
-        .with_scheduler(schedule.parse().unwrap())
-    };
-    // Bad images in the first, a middle and the last part; one part with no good image.
-    let images: Vec<Vec<u8>> = (0..14u32)
-        .map(|i| {
-            if [0, 6, 7, 8, 13].contains(&i) {
-                format!("not an image {i}").into_bytes()
-            } else {
-                png(60 + i, 50 + 2 * i, i + 1)
-            }
-        })
-        .collect();
-    let (in_turn, overlapped) = (load("in_turn"), load("overlapped"));
-    assert_eq!(overlapped.schedule(), Some(Schedule::Overlapped));
-    let expected = in_turn.classify(&images, 10);
-    let outcomes = overlapped.classify(&images, 10);
-    assert_eq!(outcomes.len(), images.len());
-    for (i, (got, want)) in outcomes.iter().zip(&expected).enumerate() {
-        match (got, want) {
-            (Outcome::Classified(got), Outcome::Classified(want)) => {
-                for (g, w) in got.iter().zip(want) {
-                    assert_eq!(g.index, w.index, "image {i}");
-                    assert!((g.probability - w.probability).abs() < 1e-5, "image {i}");
-                }
-            }
-            (Outcome::Failed(got), Outcome::Failed(want)) => {
-                assert_eq!(got, want);
-                assert!(!got.is_empty(), "image {i} failed with no reason");
-            }
-            _ => panic!("image {i}: {got:?} != {want:?}"),
-        }
-    }
-    let (a, b) = (
-        overlapped.embed(&images, true),
-        in_turn.embed(&images, true),
-    );
-    assert_eq!(a.failures, b.failures);
-    assert_eq!(
-        a.failures.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-        [0, 6, 7, 8, 13]
-    );
-    for (x, y) in a.data.iter().zip(&b.data) {
-        assert!(
-            (x.is_nan() && y.is_nan()) || (x - y).abs() < 1e-5,
-            "{x} vs {y}"
-        );
-    }
-    assert!("sometimes"
-        .parse::<Scheduler>()
-        .unwrap_err()
-        .to_string()
-        .contains("'auto'"));
-}
-
-#[test]
-fn a_classifier_left_to_choose_times_both_ways_then_keeps_one() {
-    let classifier = Classifier::load(
-        &tiny_model(),
-        ModelOptions::default(),
-        spec(),
-        DecodeOptions::default(),
-        None,
-        Some(2),
-    )
-    .unwrap();
-    let images: Vec<Vec<u8>> = (0..5).map(|i| png(40 + i, 40, i + 1)).collect();
-    // One pass: no choice to make, nothing timed.
-    classifier.classify(&images[..2], 1);
-    assert_eq!(classifier.schedule(), None);
-    for _ in 0..2 * TRIALS {
-        classifier.classify(&images, 1);
-        assert_eq!(classifier.schedule(), None);
-    }
-    classifier.classify(&images, 1); // the warm-up call was not timed
-    assert!(classifier.schedule().is_some());
-}
-
-#[test]
-fn the_choice_goes_to_overlapping_only_when_it_is_clearly_faster() {
-    use std::time::Duration;
-    let choose = |in_turn_ms: u64, overlapped_ms: u64| {
-        let scheduler = Scheduler::auto();
-        scheduler.record(Schedule::InTurn, 32, Duration::from_millis(5000)); // warm-up
-        for _ in 0..TRIALS {
-            assert_eq!(scheduler.next(), Schedule::InTurn);
-            scheduler.record(Schedule::InTurn, 32, Duration::from_millis(in_turn_ms));
-            assert_eq!(scheduler.next(), Schedule::Overlapped);
-            scheduler.record(
-                Schedule::Overlapped,
-                32,
-                Duration::from_millis(overlapped_ms),
-            );
-        }
-        scheduler.chosen()
-    };
-    assert_eq!(choose(500, 400), Some(Schedule::Overlapped));
-    assert_eq!(choose(500, 495), Some(Schedule::InTurn)); // 1% is within the margin
-    assert_eq!(choose(400, 500), Some(Schedule::InTurn));
-    let fixed = Scheduler::fixed(Schedule::Overlapped);
-    fixed.record(Schedule::InTurn, 32, Duration::from_millis(1));
-    assert_eq!(fixed.next(), Schedule::Overlapped);
 }
 
 #[test]

@@ -295,32 +295,6 @@ def test_a_batch_run_in_parts_answers_as_one_forward(photos: dict[str, bytes]) -
         bmf.ImageClassifier(DEMO_MODEL, forward_batch_size=0)
 
 
-def test_both_schedules_give_torch_s_top_1_and_auto_settles_on_one(
-    photos: dict[str, bytes], torch_logits: np.ndarray
-) -> None:
-    """Decoding the next forward pass's images while the model runs (schedule='overlapped')
-    changes how the cores are shared, not the answers; 'auto' times both, then keeps one."""
-    data = [*photos.values(), b"not an image", *photos.values()]
-    n = len(photos)
-    expected = list(torch_logits.argmax(1))
-    for schedule in ("in_turn", "overlapped"):
-        classifier = bmf.ImageClassifier(
-            DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=3, schedule=schedule
-        )
-        assert classifier.schedule == schedule.replace("_", " ")
-        got = classifier.classify(data, top_k=1)
-        assert [r.top_k[0][0] for r in got[:n]] == expected, schedule
-        assert [r.top_k[0][0] for r in got[n + 1 :]] == expected, schedule
-        assert not got[n].ok and got[n].error
-    auto = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=2)
-    assert auto.schedule is None
-    for _ in range(7):  # one warm-up, then three timed each way; two passes each
-        assert [r.top_k[0][0] for r in auto.classify(data[:3], top_k=1)] == expected[:3]
-    assert auto.schedule in ("in turn", "overlapped")
-    with pytest.raises(ValueError, match="'auto', 'in_turn' or 'overlapped'"):
-        bmf.ImageClassifier(DEMO_MODEL, schedule="fastest")
-
-
 def test_repr_reads_as_python(photos: dict[str, bytes]) -> None:
     """A Classification's repr shows its fields as Python writes them (quotes, None), the
     probabilities as the float32 they are: no Rust formatting (`Some(...)`)."""

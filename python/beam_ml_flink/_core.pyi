@@ -173,13 +173,6 @@ class ImageClassifier:
             read by :func:`beam_ml_flink.read_preprocess_config`. The preprocessing arguments
             given explicitly win over it; those not given come from it instead of the
             defaults above.
-        schedule: How a batch of more than one forward pass shares the cores: 'in_turn'
-            decodes every image, then runs the passes; 'overlapped' decodes the next pass's
-            images while the model runs the current one. Which is faster depends on the model
-            (on 2 cores overlapping paid on EfficientNet-Lite0's package and lost on
-            MobileNetV2's), so 'auto' runs the first such batch in turn, times the next ones
-            both ways, alternating, and keeps the faster (see :attr:`schedule`). The answers are
-            the same either way.
 
     Raises:
         FileNotFoundError: The model, labels or preprocessing config file does not exist.
@@ -210,7 +203,6 @@ class ImageClassifier:
         interpolation: str = "bilinear",
         crop_pct: float | None = None,
         preprocess_config: str | PathLike[str] | Mapping[str, Any] | None = None,
-        schedule: str = "auto",
     ) -> ImageClassifier: ...
     def logits(self, images: Iterable[_Image]) -> npt.NDArray[np.float32]:
         """Logits [N, num_classes] of every image.
@@ -239,10 +231,6 @@ class ImageClassifier:
     @property
     def device(self) -> str:
         """The device the model runs on, as 'cpu' or 'cuda:N'."""
-    @property
-    def schedule(self) -> str | None:
-        """How batches of more than one forward pass run: 'in turn' or 'overlapped'; None while
-        a classifier made with schedule='auto' is still timing its first batches."""
     @property
     def precision(self) -> str:
         """What the model computes in: 'fp32', 'fp16' or 'bf16'."""
