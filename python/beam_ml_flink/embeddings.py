@@ -99,7 +99,7 @@ def write_npy_shards(output: str) -> list[str]:
     written = []
     for i, shard in enumerate(shards):
         with FileSystems.open(shard) as f:
-            table = read_parquet(io.BytesIO(f.read()))
+            table = read_parquet(f)
         column = table.column("embedding").combine_chunks()
         dim = len(column[0]) if len(column) else 0
         vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), dim)
