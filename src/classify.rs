@@ -3,11 +3,13 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::time::Instant;
 
 use crate::batch::{preprocess_batch, Batch};
 use crate::decode::DecodeOptions;
 use crate::error::{Error, Result};
 use crate::model::{Device, Logits, Model, ModelOptions, Precision};
+use crate::pass_size::{Chooser, PassSize};
 use crate::transform::PreprocessSpec;
 
 /// One class of a prediction.
@@ -28,11 +30,6 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Images per forward pass on the CPU unless asked otherwise: measured on 2 cores
-/// (`make bench-core`), MobileNetV2 and EfficientNet-Lite0 run 1.3-1.4x faster per image in
-/// batches of 8 than of 32, whose activations no longer fit the caches.
-pub const DEFAULT_CPU_FORWARD_BATCH: usize = 8;
-
 /// A loaded model with the preprocessing and labels that belong to it.
 #[derive(Debug)]
 pub struct Classifier {
@@ -41,15 +38,16 @@ pub struct Classifier {
     decode: DecodeOptions,
     labels: Option<Vec<String>>,
     num_classes: usize,
-    forward_batch: Option<usize>,
+    pass_size: PassSize,
 }
 
 impl Classifier {
     /// Loads the model and checks it once on a blank image: that it accepts the preprocessed
     /// size, returns `[N, classes]`, and has as many classes as `labels` has names.
     ///
-    /// `forward_batch` is the most images one forward pass takes (`None`: on the CPU
-    /// [`DEFAULT_CPU_FORWARD_BATCH`], on CUDA the whole batch).
+    /// `forward_batch` is the most images one forward pass takes (`None`: on the CPU the
+    /// fastest of [`crate::pass_size::CANDIDATES`], timed on the first passes; on CUDA the
+    /// whole batch).
     pub fn load(
         model_path: &Path,
         options: ModelOptions,
@@ -63,9 +61,10 @@ impl Classifier {
                 "forward_batch_size must be at least 1, or None for the default".to_string(),
             ));
         }
-        let forward_batch = match (forward_batch, options.device) {
-            (None, Device::Cpu) => Some(DEFAULT_CPU_FORWARD_BATCH),
-            (given, _) => given,
+        let pass_size = match (forward_batch, options.device) {
+            (Some(size), _) => PassSize::Fixed(size),
+            (None, Device::Cpu) => PassSize::Auto(Chooser::new()),
+            (None, Device::Cuda(_)) => PassSize::Whole,
         };
         let model = Model::load(model_path, options)?;
         let (height, width) = spec.output_size();
@@ -102,7 +101,7 @@ impl Classifier {
             decode,
             labels,
             num_classes,
-            forward_batch,
+            pass_size,
         })
     }
 
@@ -124,6 +123,12 @@ impl Classifier {
     /// Number of classes the model returns.
     pub fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    /// The most images a forward pass takes: the size given, or the one chosen on the CPU;
+    /// `None` for the whole batch, or while the first passes are being timed.
+    pub fn forward_batch_size(&self) -> Option<usize> {
+        self.pass_size.current()
     }
 
     /// Class names, if given.
@@ -223,22 +228,32 @@ impl Classifier {
         }
     }
 
-    /// Runs the preprocessed images through the model in passes of at most `forward_batch`;
-    /// each pass's positions in `batch.ok`, with its logits or its error.
+    /// Runs the preprocessed images through the model in passes of at most the pass size (see
+    /// [`PassSize`]); each pass's positions in `batch.ok`, with its logits or its error.
     fn forward_in_parts(&self, batch: &mut Batch) -> Vec<(Range<usize>, Result<Logits>)> {
         let count = batch.ok.len();
-        let size = self.forward_batch.unwrap_or(count).max(1);
         let image_len = 3 * batch.height * batch.width;
-        batch
-            .data
-            .chunks_mut(size * image_len)
-            .enumerate()
-            .map(|(i, part)| {
-                let images = part.len() / image_len;
-                let logits = self.model.forward(part, images, batch.height, batch.width);
-                (i * size..i * size + images, logits)
-            })
-            .collect()
+        let mut parts = Vec::new();
+        let mut rest = &mut batch.data[..count * image_len];
+        let mut start = 0;
+        while start < count {
+            let size = self.pass_size.next(count - start);
+            let images = size.min(count - start);
+            let (part, tail) = rest.split_at_mut(images * image_len);
+            rest = tail;
+            let began = Instant::now();
+            let logits = self.model.forward(part, images, batch.height, batch.width);
+            // The first of several passes runs while the decoding threads wind down, slower by
+            // about the same time whatever its size (on 2 cores EfficientNet-Lite0's package
+            // took 9 ms an image in the first pass of 4, 6.7 in the next): timing it would
+            // favour the larger size. A call of one pass pays that time in full, so it counts.
+            if logits.is_ok() && (start > 0 || images == count) {
+                self.pass_size.record(size, images, began.elapsed());
+            }
+            parts.push((start..start + images, logits));
+            start += images;
+        }
+        parts
     }
 }
 

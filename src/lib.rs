@@ -9,6 +9,7 @@ pub mod decode;
 pub mod error;
 pub mod model;
 pub mod package;
+pub mod pass_size;
 pub mod python;
 pub mod resample;
 pub mod torchscript;

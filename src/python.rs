@@ -502,6 +502,14 @@ impl ImageClassifier {
         self.inner.model().path().to_path_buf()
     }
 
+    /// The most images one forward pass takes: the size given, or on the CPU the one chosen
+    /// from the first passes; None for the whole batch (CUDA's default), or while the first
+    /// passes are still being timed.
+    #[getter]
+    fn forward_batch_size(&self) -> Option<usize> {
+        self.inner.forward_batch_size()
+    }
+
     /// Number of classes the model returns.
     #[getter]
     fn num_classes(&self) -> usize {

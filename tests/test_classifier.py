@@ -271,8 +271,8 @@ def test_the_optimized_model_answers_as_torch_optimizes_it(photos: dict[str, byt
 
 
 def test_a_batch_run_in_parts_answers_as_one_forward(photos: dict[str, bytes]) -> None:
-    """forward_batch_size splits a call into several forward passes (8 by default on the CPU):
-    the answers are the one-pass ones, failures stay at their index."""
+    """forward_batch_size splits a call into several forward passes (4 or 8 by default on the
+    CPU): the answers are the one-pass ones, failures stay at their index."""
     data = [*photos.values(), b"not an image", *photos.values()]
     one_pass = bmf.ImageClassifier(
         DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=len(data)
@@ -293,6 +293,29 @@ def test_a_batch_run_in_parts_answers_as_one_forward(photos: dict[str, bytes]) -
             )
     with pytest.raises(ValueError, match="at least 1"):
         bmf.ImageClassifier(DEMO_MODEL, forward_batch_size=0)
+
+
+def test_the_cpu_pass_size_is_chosen_from_the_first_passes(photos: dict[str, bytes]) -> None:
+    """Left to choose, a CPU classifier times its first passes of 4 and of 8 images (two of each
+    untimed, then three timed, the first pass of a call never timed) and keeps the faster; a
+    size given is kept as it is. The answers are those of a classifier given the chosen size."""
+    data = list(photos.values()) * 4
+    chooser = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD)
+    assert chooser.forward_batch_size is None
+    calls = 0
+    while chooser.forward_batch_size is None:
+        chooser.classify(data[:32], top_k=1)
+        calls += 1
+        # 10 timed passes of at most 8 images, 3 to 7 of them in each call of 32.
+        assert calls <= 4, "no pass size chosen after 4 calls of 32 images"
+    chosen = chooser.forward_batch_size
+    assert chosen in (4, 8)
+    given = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=chosen)
+    assert given.forward_batch_size == chosen
+    np.testing.assert_allclose(chooser.logits(data), given.logits(data), rtol=0, atol=1e-5)
+    fixed = bmf.ImageClassifier(DEMO_MODEL, mean=DEMO_MEAN, std=DEMO_STD, forward_batch_size=5)
+    fixed.classify(data[:32], top_k=1)
+    assert fixed.forward_batch_size == 5
 
 
 def test_repr_reads_as_python(photos: dict[str, bytes]) -> None:

@@ -158,9 +158,10 @@ class ImageClassifier:
             times faster. ``False`` runs the model as saved. A package is already optimized.
         forward_batch_size: The most images one forward pass takes. A larger batch is decoded
             and preprocessed at once, then runs as several forward passes, with the same
-            answers. None: 8 on the CPU (small batches keep the
-            activations in the caches: 1.3-1.4x faster per image than 32 on MobileNetV2 and
-            EfficientNet-Lite0), the whole batch on CUDA.
+            answers up to float rounding. None: on the CPU, 4 or 8, whichever of the two the
+            first passes run faster per image on this machine (small passes keep the
+            activations in the caches; see :attr:`forward_batch_size`); the whole batch on
+            CUDA.
         precision: What the model computes in: 'fp32' (as saved), 'fp16' or 'bf16'. The
             model's parameters are cast before it is frozen, each batch after it reaches the
             device; logits come back as float32. Half precisions are for GPUs (fp16's tensor
@@ -240,6 +241,12 @@ class ImageClassifier:
     @property
     def model_path(self) -> str:
         """The model file."""
+    @property
+    def forward_batch_size(self) -> int | None:
+        """The most images one forward pass takes: the size given, or on the CPU the one chosen
+        from the first passes (each of 4 and 8 run twice untimed, then three times timed);
+        None for the whole batch (CUDA's default), or while the first passes are still being
+        timed."""
     @property
     def num_classes(self) -> int:
         """Number of classes the model returns."""
