@@ -617,6 +617,10 @@ bench-scale: init flink $(JOB_SERVER_JAR) ## The local cluster with 1 and 2 Task
 bench-overlap: init ## After make bench: does decoding one part while another runs the model pay here?
 	$(PY) bench/bench_overlap.py $(BENCH_ARGS)
 
+.PHONY: bench-pass-size
+bench-pass-size: init ## Forward passes of 2, 4, 8 and 16 images against the CPU default's choice, per model
+	$(PY) bench/bench_pass_size.py $(BENCH_ARGS)
+
 .PHONY: bench-streaming
 bench-streaming: init flink $(JOB_SERVER_JAR) $(KAFKA_JAR) ## Kafka streams through the local Flink cluster: ours against the stock path, images/s and latency
 	$(PY) bench/bench_streaming.py $(BENCH_ARGS)

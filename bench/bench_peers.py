@@ -17,7 +17,9 @@ contenders, each written the way its own docs show it (bench/peers/, one file ea
 
 Two treatments of the model: as saved (TorchScript: what each peer's docs do; ours optimizes it
 for inference by default), and one optimized model for every contender, the AOTInductor package
-(.pt2) run in passes of 8, which separates the runtime from the pipeline.
+(.pt2), which separates the runtime from the pipeline. A package runs in forward passes of the
+size ours chooses for it on this machine (4 or 8 images, whichever its first passes run faster):
+the bench asks ours' classifier first and gives that size to every peer.
 
 Per contender: whole-process images/s at each size (from the process's start to its exit: start-up
 counts for small jobs), steady images/s (what each image beyond the smallest size costs: the
@@ -148,7 +150,23 @@ class TreeMemory(threading.Thread):
 # --- one run ---------------------------------------------------------------------------------
 
 
-def run_contender(contender: str, model: str, mean, std, paths_file: Path, threads: int) -> dict:
+def ours_pass_size(model: str, mean, std, photos: list[str]) -> int:
+    """The forward pass size ours chooses for `model` on this machine, from its first calls of
+    32 photos."""
+    import beam_ml_flink as bmf
+
+    classifier = bmf.ImageClassifier(model, mean=mean, std=std)
+    images = [Path(p).read_bytes() for p in photos[:32]]
+    for _ in range(8):
+        if classifier.forward_batch_size is not None:
+            return classifier.forward_batch_size
+        classifier.classify(images, top_k=1)
+    raise RuntimeError(f"ours chose no forward pass size for {model} in 8 calls of 32 images")
+
+
+def run_contender(
+    contender: str, model: str, mean, std, paths_file: Path, threads: int, pass_size: int
+) -> dict:
     script, resize, peer = CONTENDERS[contender]
     env = {**os.environ, **QUIET}
     if peer:
@@ -176,6 +194,8 @@ def run_contender(contender: str, model: str, mean, std, paths_file: Path, threa
         str(threads),
         "--batch",
         str(BATCH),
+        "--pass_size",
+        str(pass_size),
         "--resize",
         resize,
     ]
@@ -273,6 +293,7 @@ def main() -> None:
     contenders = args.contenders.split(",")
 
     rows = []
+    pass_sizes: dict[str, int] = {}
     for model_name in models:
         script_model, mean, std = MODELS[model_name]
         reference = None
@@ -281,13 +302,18 @@ def main() -> None:
             reference = pil_reference(str(script_model), mean, std, used)
         for treatment in treatments:
             model = str(script_model if treatment == "as saved" else PACKAGES[model_name]["fp32"])
+            pass_size = 8
+            if treatment == "package":
+                pass_size = ours_pass_size(model, mean, std, photos)
+                pass_sizes[model_name] = pass_size
+                print(f"{model_name} package: passes of {pass_size}", file=sys.stderr, flush=True)
             runs: dict[str, dict[int, list[dict]]] = {c: {s: [] for s in sizes} for c in contenders}
             for round_ in range(args.repeats):
                 order = contenders if round_ % 2 == 0 else contenders[::-1]
                 for size in sizes:
                     for contender in order:
                         result = run_contender(
-                            contender, model, mean, std, lists[size], args.threads
+                            contender, model, mean, std, lists[size], args.threads, pass_size
                         )
                         runs[contender][size].append(result)
                         print(
@@ -299,7 +325,7 @@ def main() -> None:
                             flush=True,
                         )
             rows.extend(summarize(model_name, treatment, sizes, runs, reference))
-    write_results(rows, sizes, args)
+    write_results(rows, sizes, pass_sizes, args)
 
 
 def summarize(model, treatment, sizes, runs, reference) -> list[dict]:
@@ -344,7 +370,7 @@ def summarize(model, treatment, sizes, runs, reference) -> list[dict]:
     return rows
 
 
-def write_results(rows: list[dict], sizes: list[int], args) -> None:
+def write_results(rows: list[dict], sizes: list[int], pass_sizes: dict[str, int], args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,7 +399,11 @@ def write_results(rows: list[dict], sizes: list[int], args) -> None:
         f"{args.threads} intra-op threads for every model. Each contender a whole process "
         f"(bench/peers/), batch {BATCH}, the 256 photos of 640x427 repeated to each size; "
         f"{runs}. "
-        "Whole process: images over the seconds from the process's start to its exit. Steady: "
+        + "".join(
+            f"{name}'s package in passes of {size} (ours' choice here) for every contender. "
+            for name, size in pass_sizes.items()
+        )
+        + "Whole process: images over the seconds from the process's start to its exit. Steady: "
         "the images between the smallest and the largest size over the difference of their "
         "whole-process seconds. Peak memory: the summed PSS of the contender's processes. "
         "Top-1 agreement (EfficientNet-Lite0) with the PIL + torchvision recipe computed by the "

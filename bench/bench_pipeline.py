@@ -172,7 +172,9 @@ def stock_pipeline(
     runner: str,
     device: str,
     embed: bool = False,
+    passes_of: int = 8,
 ) -> dict:
+    """Beam's stock path; a package runs in passes of `passes_of` images."""
     import apache_beam as beam
     import torch
     from apache_beam.io.filesystems import FileSystems
@@ -205,19 +207,19 @@ def stock_pipeline(
         def load_model(self):
             return torch._inductor.aoti_load_package(model)
 
-    def in_passes_of_8(batch, package, device, inference_args, model_id=None):
+    def in_passes(batch, package, device, inference_args, model_id=None):
         from apache_beam.ml.inference import utils
 
         tensors = torch.stack(batch).to(device)
         with torch.no_grad():
-            logits = torch.cat([package(part) for part in tensors.split(8)])
+            logits = torch.cat([package(part) for part in tensors.split(passes_of)])
         return utils._convert_to_result(batch, logits, model_id)
 
     kwargs = {}
     if model.endswith(".pt2"):
         handler_class = PackageHandler
         kwargs = {"state_dict_path": model, "model_class": torch.nn.Identity}
-        kwargs["inference_fn"] = in_passes_of_8
+        kwargs["inference_fn"] = in_passes
     else:
         handler_class = OptimizedHandler if optimize else PytorchModelHandlerTensor
         kwargs = {"torch_script_model_path": model}

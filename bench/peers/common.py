@@ -5,8 +5,9 @@ Each contender is a whole process: `python bench/peers/X.py --images LIST --mode
 the image paths from LIST (one per line), classifies them its own way, and prints one JSON line:
 the images, its own seconds, its steady rate and the top-1 class of each image (for the agreement
 check). The model is used as given: TorchScript as saved (`torch.jit.load`), or an AOTInductor
-package (`.pt2`, `torch._inductor.aoti_load_package`) run in passes of 8 images, as ours runs a
-package (a package may bound its batch: EfficientNet-Lite0's takes at most 15).
+package (`.pt2`, `torch._inductor.aoti_load_package`) run in passes of --pass_size images: the size
+ours chose on this machine for that package, which bench_peers.py measures and gives every
+contender (a package may bound its batch: EfficientNet-Lite0's takes at most 15).
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# Images per forward pass of a package (ours' CPU default, beam_ml_flink's forward_batch_size).
-PACKAGE_PASS = 8
-
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
@@ -29,6 +27,9 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--std", default="0.229,0.224,0.225")
     parser.add_argument("--threads", type=int, required=True, help="intra-op threads of the model")
     parser.add_argument("--batch", type=int, default=32, help="images per model call")
+    parser.add_argument(
+        "--pass_size", type=int, default=8, help="images per forward pass of a package"
+    )
     parser.add_argument(
         "--resize",
         choices=("recipe", "squash"),
@@ -42,8 +43,9 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def load_model(path: str, threads: int) -> Callable:
-    """The model as given, as a function from a float NCHW batch to top-1 indices."""
+def load_model(path: str, threads: int, pass_size: int) -> Callable:
+    """The model as given, as a function from a float NCHW batch to top-1 indices; a package
+    runs in passes of `pass_size` images."""
     import torch
 
     torch.set_num_threads(threads)
@@ -52,7 +54,7 @@ def load_model(path: str, threads: int) -> Callable:
 
         def forward(batch):
             with torch.inference_mode():
-                logits = torch.cat([package(part) for part in batch.split(PACKAGE_PASS)])
+                logits = torch.cat([package(part) for part in batch.split(pass_size)])
             return logits.argmax(1).tolist()
 
         return forward

@@ -34,8 +34,8 @@ def main() -> None:
 
     @daft.cls(max_concurrency=1)
     class Classifier:
-        def __init__(self, model_path: str, threads: int):
-            self.model = load_model(model_path, threads)
+        def __init__(self, model_path: str, threads: int, pass_size: int):
+            self.model = load_model(model_path, threads, pass_size)
 
         @daft.method.batch(return_dtype=ANSWER, unnest=True, batch_size=args.batch)
         def __call__(self, images: daft.Series):
@@ -47,7 +47,7 @@ def main() -> None:
 
     df = daft.from_pydict({"path": args.paths})
     df = df.with_column("image", resize(decode_image(download(col("path"))), 224, 224))
-    df = df.select(col("path"), Classifier(args.model, args.threads)(col("image")))
+    df = df.select(col("path"), Classifier(args.model, args.threads, args.pass_size)(col("image")))
     rows = df.to_pydict()
     answers = dict(zip(rows["path"], rows["top1"], strict=True))
     report(args.paths, START, answers, steady_rate(rows["answered"]))

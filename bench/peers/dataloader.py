@@ -44,7 +44,7 @@ def main() -> None:
     transform = transforms.Compose(
         [*steps, transforms.ToTensor(), transforms.Normalize(args.mean, args.std)]
     )
-    model = load_model(args.model, args.threads)
+    model = load_model(args.model, args.threads, args.pass_size)
     loader = DataLoader(
         Images(args.paths, transform),
         batch_size=args.batch,

@@ -1,6 +1,7 @@
 """Ours: beam_ml_flink's ImageClassifierHandler in RunInference on the DirectRunner, as `make
 bench` runs it (bench/bench_pipeline.py's ours_pipeline): bytes in, one Rust call per batch of
-32, the model optimized for inference (its default; a package runs as it is), forward passes of 8.
+32, the model optimized for inference (its default; a package runs as it is), forward passes of
+the size it chooses on this machine (4 or 8).
 --resize squash resizes to 224x224 with Pillow's arithmetic and no crop, as Daft's recipe does.
 The model runs on libtorch's default intra-op threads (one per core, as --threads)."""
 

@@ -28,8 +28,8 @@ from torchvision.transforms._presets import ImageClassification  # noqa: E402
 
 
 class Classifier:
-    def __init__(self, model_path: str, threads: int):
-        self.model = load_model(model_path, threads)
+    def __init__(self, model_path: str, threads: int, pass_size: int):
+        self.model = load_model(model_path, threads, pass_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         top1 = self.model(torch.from_numpy(batch["transformed_image"]))
@@ -59,7 +59,7 @@ def main() -> None:
     ds = ray.data.read_images(args.paths, mode="RGB", include_paths=True)
     predictions = ds.map(preprocess_image).map_batches(
         Classifier,
-        fn_constructor_args=(args.model, args.threads),
+        fn_constructor_args=(args.model, args.threads, args.pass_size),
         batch_size=args.batch,
         compute=ray.data.ActorPoolStrategy(size=1),
     )

@@ -1,8 +1,8 @@
 """Beam's stock PyTorch path, as `make bench` runs it (bench/bench_pipeline.py's stock_pipeline):
 PIL + torchvision (`Resize(256)`, `CenterCrop(224)`, `ToTensor`, `Normalize`) in a Beam `Map`,
 then Beam's `PytorchModelHandlerTensor` in `RunInference`, batch 32, on the DirectRunner; a
-package (.pt2) is loaded by the handler's `load_model` and run in passes of 8. The model runs on
-torch's default intra-op threads (one per core, as --threads)."""
+package (.pt2) is loaded by the handler's `load_model` and run in passes of --pass_size. The
+model runs on torch's default intra-op threads (one per core, as --threads)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ def main() -> None:
     if args.resize != "recipe":
         raise SystemExit("the stock path runs the recipe: --resize recipe")
     result = stock_pipeline(
-        args.paths, args.model, args.mean, args.std, False, "DirectRunner", "cpu"
+        args.paths,
+        args.model,
+        args.mean,
+        args.std,
+        False,
+        "DirectRunner",
+        "cpu",
+        passes_of=args.pass_size,
     )
     report(args.paths, START, result["top1"], len(args.paths) / result["steady_seconds"])
 
