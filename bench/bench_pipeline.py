@@ -9,7 +9,8 @@ run, rounds alternate the contenders so that machine noise hits all of them:
 - ours: ImageClassifierHandler in RunInference (bytes in, one Rust call per batch; the model
   optimized for inference, its default), and ours unoptimized (optimize=False);
 - limit: the bare model forward on ready tensors of batch 32, as saved, and limit optimized;
-  and the optimized forward in passes of 8 images, as ours runs the model on the CPU;
+  and the optimized forward in passes of 8 images (one of the two sizes ours chooses from on the
+  CPU; see bench_pass_size.py);
 - on request (--contenders): ours fp16 and ours bf16, the model in half precision;
 - embeddings: each image's L2-normalised model output instead of its class, the stock path
   (its Map, then Beam's handler, then torch.nn.functional.normalize of each output) against
@@ -17,8 +18,8 @@ run, rounds alternate the contenders so that machine noise hits all of them:
   argmax of the vectors;
 - AOTInductor packages (python -m beam_ml_flink.compile, made once per machine kind): ours with
   the fp32 package and with the int8 package, the stock Beam PyTorch path whose model is the
-  loaded fp32 package (torch._inductor.aoti_load_package, run in passes of 8 as ours runs it: a
-  package may bound its batch size), and the bare package forward in passes of 8.
+  loaded fp32 package (torch._inductor.aoti_load_package, run in passes of 8: a package may
+  bound its batch size), and the bare package forward in passes of 8.
 
 Each row's top-1 agreement and speed ratio are counted against the stock path (TorchScript,
 fp32), an embeddings row's against the stock embeddings.
